@@ -1,0 +1,151 @@
+"""The built-in ensemble combiners: mean, weighted, logit (log-odds pool), stacking and hedge.
+
+A combiner sees the member predictions for each fill (in the recipe's member order) and, through
+``record_outcome``, the outcome of each fill with the member predictions issued for it, so the learning
+combiners learn only from what was known before each outcome.  Definitions: METHODS.md §6.4.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import attrs
+
+import sigkit
+
+
+def _mean_confidence(predictions: Sequence[sigkit.Prediction], weights: Sequence[float]) -> float:
+    return sum(w * p.confidence for w, p in zip(weights, predictions))
+
+
+def _pooled_cost(predictions: Sequence[sigkit.Prediction], weights: Sequence[float]) -> float:
+    costs = [(w, p.expected_cost_bps) for w, p in zip(weights, predictions) if p.expected_cost_bps == p.expected_cost_bps]
+    total = sum(w for w, _ in costs)
+    return sum(w * c for w, c in costs) / total if total > 0 else math.nan
+
+
+class Mean:
+    """The plain average of the member probabilities (linear pool with equal weights)."""
+
+    def __init__(self, params: None, context: sigkit.RunContext):
+        k = len(context.members)
+        self.weights = [1.0 / k] * k
+
+    def combine(self, query, predictions):
+        p = sum(w * x.p_adverse for w, x in zip(self.weights, predictions))
+        return sigkit.Prediction(p, _mean_confidence(predictions, self.weights), _pooled_cost(predictions, self.weights))
+
+
+@attrs.frozen
+class WeightedParams:
+    weights: tuple[float, ...] = sigkit.param(doc="one non-negative weight per member, in member order")
+
+
+class Weighted(Mean):
+    """A linear pool with fixed weights (normalised to sum to one)."""
+
+    def __init__(self, params: WeightedParams, context: sigkit.RunContext):
+        if len(params.weights) != len(context.members):
+            raise sigkit.ModelError(f"weighted combiner: {len(params.weights)} weights for "
+                                    f"{len(context.members)} members ({', '.join(context.members)})")
+        total = sum(params.weights)
+        if total <= 0 or min(params.weights) < 0:
+            raise sigkit.ModelError("weighted combiner: weights must be non-negative and not all zero")
+        self.weights = [w / total for w in params.weights]
+
+
+@attrs.frozen
+class LogitParams:
+    extremize: float = sigkit.param(1.0, doc="multiplies the pooled log-odds; > 1 sharpens (Satopaa et al. 2014)")
+
+
+class Logit:
+    """Log-odds pool: ``logit p = extremize * mean_k logit p_k``."""
+
+    def __init__(self, params: LogitParams, context: sigkit.RunContext):
+        self.scale = params.extremize / len(context.members)
+        self.weights = [1.0 / len(context.members)] * len(context.members)
+
+    def combine(self, query, predictions):
+        z = self.scale * sum(sigkit.logit(x.p_adverse) for x in predictions)
+        return sigkit.Prediction(sigkit.sigmoid(z), _mean_confidence(predictions, self.weights),
+                                 _pooled_cost(predictions, self.weights))
+
+
+@attrs.frozen
+class StackingParams:
+    learning_rate: float = sigkit.param(0.01, doc="SGD step on the member log-odds weights")
+    intercept_learning_rate: float = sigkit.param(0.02, doc="SGD step of the intercept (absorbs base-rate drift)")
+    l2: float = sigkit.param(0.0, doc="L2 penalty on the weights")
+    evidence: float = sigkit.param(200.0, doc="outcomes after which the stacker's own confidence reaches 0.5",
+                                   unit="outcomes")
+
+
+class Stacking:
+    """Online logistic regression on the members' log-odds, starting as the equal-weight logit pool and
+    learning only from delivered outcomes."""
+
+    def __init__(self, params: StackingParams, context: sigkit.RunContext):
+        k = len(context.members)
+        self.params = params
+        self.model = sigkit.OnlineLogistic(k, learning_rate=params.learning_rate, l2=params.l2,
+                                           intercept_learning_rate=params.intercept_learning_rate,
+                                           weights=[1.0 / k] * k)
+        self.equal = [1.0 / k] * k
+
+    def combine(self, query, predictions):
+        x = [sigkit.logit(p.p_adverse) for p in predictions]
+        own = sigkit.evidence_confidence(self.model.n_updates, self.params.evidence)
+        return sigkit.Prediction(self.model.predict(x), own * _mean_confidence(predictions, self.equal),
+                                 _pooled_cost(predictions, self.equal))
+
+    def record_outcome(self, outcome, predictions):
+        x = [sigkit.logit(p.p_adverse) for p in predictions]
+        self.model.update(x, 1.0 if outcome.was_adverse else 0.0)
+
+
+@attrs.frozen
+class HedgeParams:
+    eta: float = sigkit.param(2.0, doc="learning rate of the exponential weights")
+    share: float = sigkit.param(0.01, doc="fixed share mixed back each step so a model can regain weight")
+    loss: str = sigkit.param("brier", doc="loss that drives the weights", choices=("brier", "log"))
+
+
+class Hedge:
+    """Exponential weights with fixed share (Herbster & Warmuth 1998) over the member probabilities."""
+
+    def __init__(self, params: HedgeParams, context: sigkit.RunContext):
+        if not 0 <= params.share < 1:
+            raise sigkit.ModelError(f"hedge: share must be in [0, 1), got {params.share}")
+        k = len(context.members)
+        self.params = params
+        self.weights = [1.0 / k] * k
+
+    def combine(self, query, predictions):
+        p = sum(w * x.p_adverse for w, x in zip(self.weights, predictions))
+        return sigkit.Prediction(p, _mean_confidence(predictions, self.weights), _pooled_cost(predictions, self.weights))
+
+    def record_outcome(self, outcome, predictions):
+        y = 1.0 if outcome.was_adverse else 0.0
+        if self.params.loss == "brier":
+            losses = [(x.p_adverse - y) ** 2 for x in predictions]
+        else:
+            losses = [-math.log(min(max(x.p_adverse if y else 1.0 - x.p_adverse, 1e-12), 1.0)) for x in predictions]
+        base = min(losses)  # subtracting the best loss keeps exp() in range
+        raw = [w * math.exp(-self.params.eta * (loss - base)) for w, loss in zip(self.weights, losses)]
+        total = sum(raw)
+        k, share = len(raw), self.params.share
+        self.weights = [(1.0 - share) * w / total + share / k for w in raw]
+
+
+@sigkit.hookimpl
+def register_combiners(register):
+    register(sigkit.CombinerSpec("mean", Mean, description="average of member probabilities"))
+    register(sigkit.CombinerSpec("weighted", Weighted, params=WeightedParams,
+                                 description="linear pool with fixed weights"))
+    register(sigkit.CombinerSpec("logit", Logit, params=LogitParams, description="log-odds (geometric) pool"))
+    register(sigkit.CombinerSpec("stacking", Stacking, params=StackingParams,
+                                 description="online logistic regression on member log-odds"))
+    register(sigkit.CombinerSpec("hedge", Hedge, params=HedgeParams,
+                                 description="exponential weights with fixed share"))

@@ -1,0 +1,47 @@
+"""sigkit: toxicity signals for market makers, as plugins, replayed causally and scored honestly.
+
+This module is the public API.  Plugins (the built-in ones included) import only names listed here.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from sigkit.context import Market, RunContext
+from sigkit.errors import DataError, DurationError, ModelError, PluginError, RecipeError, SigkitError
+from sigkit.events import (
+    ASK, BID, BOOK, BUY, DEPTH_LEVELS, EVENT_DTYPE, FILL, SELL, STAT, TRADE, BookUpdate, FillQuery,
+    MarketStat, Outcome, Prediction, Trade, empty_chunk, row_to_record,
+)
+from sigkit.hookspecs import hookimpl
+from sigkit.labels import label_outcome, markout_bps
+from sigkit.learn import (
+    ConditionalCost, OnlineLogistic, RunningBaseRate, evidence_confidence, logit, sigmoid,
+)
+from sigkit.params import duration, param, path
+from sigkit.plugins import CombinerSpec, ModelSpec, SourceSpec
+from sigkit.units import format_duration, parse_duration
+
+try:
+    __version__ = _version("sigkit")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+
+
+def __getattr__(name: str):
+    # Public subpackages imported on first use, so `import sigkit` stays light.
+    if name in ("sim", "native"):
+        import importlib
+
+        return importlib.import_module(f"sigkit.{name}")
+    raise AttributeError(f"module 'sigkit' has no attribute {name!r}")
+
+__all__ = [
+    "ASK", "BID", "BOOK", "BUY", "DEPTH_LEVELS", "EVENT_DTYPE", "FILL", "SELL", "STAT",
+    "TRADE", "BookUpdate", "CombinerSpec", "ConditionalCost", "DataError", "DurationError", "FillQuery",
+    "Market", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PluginError",
+    "Prediction", "RecipeError", "RunContext", "RunningBaseRate", "SigkitError", "SourceSpec", "Trade",
+    "duration", "empty_chunk", "evidence_confidence", "format_duration", "hookimpl", "label_outcome",
+    "logit", "markout_bps", "param", "parse_duration", "path", "row_to_record", "sigmoid",
+]

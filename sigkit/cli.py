@@ -1,0 +1,292 @@
+"""The ``sigkit`` command: parse, call the library, print, and turn user mistakes into exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from sigkit.errors import SigkitError
+
+EXIT_USER_ERROR = 2
+
+
+class _Group(click.Group):
+    """Turns a :class:`SigkitError` into one line on stderr and exit code 2; bugs keep their traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SigkitError as err:
+            if os.environ.get("SIGKIT_DEBUG"):
+                raise
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+def _version() -> str:
+    from sigkit import __version__
+
+    return __version__
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(version=None, package_name="sigkit", message="sigkit %(version)s")
+def main() -> None:
+    """sigkit: toxicity signals for market makers, replayed causally and scored honestly.
+
+    \b
+    Start here:
+      sigkit run recipes/quickstart.yaml          run an ensemble on simulated data
+      sigkit validate recipes/quickstart.yaml     check a recipe without running it
+      sigkit simulate --world informed --out d.csv.gz   write a simulated market
+      sigkit plugins                              what models, sources and combiners are installed
+
+    Exit codes: 0 success, 2 a problem with your input (one line says what and where), 1 a bug in sigkit.
+    Set SIGKIT_DEBUG=1 to see the traceback behind an input error.
+    """
+
+
+def _registry(warn: bool = True):
+    from sigkit.plugins import build_registry
+
+    registry = build_registry()
+    if warn:
+        for failure in registry.failures:
+            click.echo(f"warning: {failure}; skipped", err=True)
+    return registry
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for report.json and predictions.csv  [default: sigkit-runs/<recipe name>]")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table; errors still print.")
+def run(recipe: Path, out_dir: Path | None, quiet: bool) -> None:
+    """Replay RECIPE's data through its models and score every fill.
+
+    Every model is asked about each fill before the fill's own trade is revealed, learns from every
+    outcome once its horizon has passed, and is scored against the causal running base rate.  Writes
+    OUT/report.json (all metrics, versions, data span) and OUT/predictions.csv (one row per fill).
+
+    Stopping with Ctrl-C or SIGTERM writes both files for what was processed, marked incomplete.
+
+    \b
+    Example:
+      sigkit run recipes/quickstart.yaml --out runs/quick
+    """
+    from sigkit.engine import replay_from_recipe
+    from sigkit.recipe import load_recipe
+    from sigkit.report import build_report, format_table, table_rows, write_outputs
+
+    registry = _registry()
+    parsed = load_recipe(recipe, registry)
+    replay = replay_from_recipe(parsed)
+    out_dir = out_dir or Path("sigkit-runs") / parsed.name
+
+    stop = _StopFlag()
+    with stop.installed(), _progress(replay.span_ns(), quiet) as progress:
+        result = replay.run(progress=progress, should_stop=stop.reason)
+    plugins = _plugins_used(parsed)
+    report = build_report(result, parsed, sources=replay.describe_sources(), plugins=plugins, version=_version())
+    report_path, predictions_path = write_outputs(out_dir, report, result)
+    if not quiet:
+        header, rows = table_rows(report)
+        click.echo(format_table(header, rows))
+        data = report["data"]
+        click.echo(f"\n{data['events']['total']} events, {data['fills']} fills ({data['fills_labelled']} labelled), "
+                   f"horizon {report['label']['horizon']}, base rate "
+                   f"{'-' if data['base_rate'] is None else format(data['base_rate'], '.3f')}, "
+                   f"{report['timing']['events_per_s'] or '-'} events/s")
+    if not result.completed:
+        click.echo(f"run stopped: {result.stop_reason}; wrote what was processed, report marked incomplete", err=True)
+    click.echo(f"wrote {report_path} and {predictions_path}", err=quiet)
+
+
+def _plugins_used(recipe) -> list[dict]:
+    used = [("source", s.spec) for s in recipe.sources] + [("model", m.spec) for m in recipe.models]
+    if recipe.ensemble is not None:
+        used.append(("combiner", recipe.ensemble.spec))
+    seen, out = set(), []
+    for kind, spec in used:
+        if (kind, spec.name) in seen:
+            continue
+        seen.add((kind, spec.name))
+        out.append({"kind": kind, "name": spec.name, "plugin": spec.plugin, "distribution": spec.distribution,
+                    "version": spec.version})
+    return out
+
+
+class _StopFlag:
+    """First SIGTERM/SIGINT asks the run to stop after the current chunk; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self._reason: str | None = None
+
+    def reason(self) -> str | None:
+        return self._reason
+
+    def _handle(self, signum, frame) -> None:
+        if self._reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._reason = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+
+    def installed(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def manager():
+            old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                yield self
+            finally:
+                for s, handler in old.items():
+                    signal.signal(s, handler)
+
+        return manager()
+
+
+def _progress(span: tuple[int, int] | None, quiet: bool):
+    """A rich progress bar over event time: events done, rate, time left.  Silent when quiet."""
+    import contextlib
+
+    if quiet:
+        return contextlib.nullcontext(None)
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+
+    @contextlib.contextmanager
+    def manager():
+        columns = [TextColumn("replaying"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                   TextColumn("{task.fields[events]:,} events  {task.fields[rate]:,.0f}/s"),
+                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn()]
+        with Progress(*columns, console=console, transient=True) as bar:
+            total = (span[1] - span[0]) if span else None
+            task = bar.add_task("replay", total=total, events=0, rate=0.0)
+            import time
+
+            started = time.perf_counter()
+
+            def update(events: int, last_ts: int | None) -> None:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                completed = (last_ts - span[0]) if (span and last_ts is not None) else None
+                bar.update(task, completed=completed, events=events, rate=events / elapsed)
+
+            yield update
+
+    return manager()
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+def validate(recipe: Path) -> None:
+    """Check RECIPE without running it: YAML, names, parameters, units and data paths.
+
+    Prints a summary on success; otherwise one line with file:line:column, what is wrong and what to do.
+    """
+    from sigkit.recipe import describe_recipe, load_recipe
+
+    parsed = load_recipe(recipe, _registry())
+    summary = describe_recipe(parsed)
+    click.echo(f"{recipe}: ok")
+    for key in ("target", "fills", "horizon", "sources", "models", "ensemble"):
+        value = summary[key]
+        if isinstance(value, list):
+            value = ", ".join(value)
+        elif isinstance(value, dict):
+            value = f"{value['combiner']} over {', '.join(value['members'])}"
+        click.echo(f"  {key:<9} {value}")
+
+
+@main.command()
+@click.option("--world", type=click.Choice(["null", "informed", "leadlag", "oi", "mixed"]), default="informed",
+              show_default=True, help="What is predictable (see below).")
+@click.option("--duration", default="10m", show_default=True, help="Simulated span, with a unit: 90s, 10m, 1h.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same market, byte for byte.")
+@click.option("--horizon", default="1s", show_default=True,
+              help="Horizon the true adverse probabilities are computed for.")
+@click.option("--threshold-bps", type=float, default=0.0, show_default=True,
+              help="Adverse iff markout < -threshold (bps), for the true probabilities.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Native event file to write (.csv or .csv.gz).")
+def simulate(world: str, duration: str, seed: int, horizon: str, threshold_bps: float, out_path: Path) -> None:
+    """Write a seeded simulated market with known ground truth as a native event file.
+
+    \b
+    Worlds:
+      null      nothing is predictable (every fill has the same true probability)
+      informed  an informed-trader share that moves with observable order flow
+      leadlag   a leader venue (simlead) the target (sim) trails by a known lag
+      oi        open interest and liquidation cascades
+      mixed     all of the above at once
+
+    Each target trade carries its true adverse probability (column truth) for --horizon and
+    --threshold-bps, so a report can show the oracle Brier.  A longer --duration with the same seed
+    gives the same first part.  Read it back in a recipe with `- source: native` and `path: FILE`.
+    """
+    from sigkit import sim
+    from sigkit.native import write_native
+    from sigkit.units import format_duration
+
+    duration_ns = _duration_option(duration, "--duration")
+    horizon_ns = _duration_option(horizon, "--horizon")
+    chunks = sim.simulate(world, seed=seed, duration_ns=duration_ns, horizon_ns=horizon_ns, threshold_bps=threshold_bps)
+    meta = {"world": world, "seed": seed, "duration": format_duration(duration_ns),
+            "truth_horizon": format_duration(horizon_ns), "truth_threshold_bps": threshold_bps}
+    rows = write_native(out_path, chunks, meta)
+    click.echo(f"wrote {rows} events to {out_path}")
+
+
+def _duration_option(value: str, name: str) -> int:
+    from sigkit.errors import DurationError
+    from sigkit.units import parse_duration
+
+    try:
+        return parse_duration(value)
+    except DurationError as err:
+        raise SigkitError(f"{name}: {err}") from None
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins: their distributions, versions, and the models, sources and combiners each
+    registers (with parameters, units and defaults in --json).
+
+    Plugins that failed to load are listed with the reason; they are skipped, not fatal.
+    """
+    from sigkit.params import describe_params
+
+    registry = _registry(warn=False)
+    if as_json:
+        out = {"plugins": [], "failures": [str(f) for f in registry.failures]}
+        for info in registry.plugins:
+            entry = {"name": info.name, "distribution": info.distribution, "version": info.version}
+            for kind in ("model", "source", "combiner"):
+                names = info.registers.get(kind + "s", [])
+                if names:
+                    entry[kind + "s"] = [
+                        {"name": n, "description": registry.table(kind)[n].description,
+                         "params": describe_params(registry.table(kind)[n].params)} for n in names]
+            out["plugins"].append(entry)
+        click.echo(json.dumps(out, indent=2))
+        return
+    for info in registry.plugins:
+        click.echo(f"{info.name}  ({info.distribution} {info.version})")
+        for kind in ("models", "sources", "combiners"):
+            for name in info.registers.get(kind, []):
+                spec = registry.table(kind[:-1])[name]
+                click.echo(f"  {kind[:-1]:<9} {name:<14} {spec.description}")
+    for failure in registry.failures:
+        click.echo(f"FAILED  {failure}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,475 @@
+"""The causal replay engine: merge sources by time, ask models before each fill is revealed, and deliver
+every outcome once its horizon has passed in event time.
+
+Ordering rules (what "causal" means here, and what the no-look-ahead tests check):
+
+* Sources are merged by ``ts_ns``.  Ties keep a fixed order: source order in the recipe, then row order
+  within the source.  The same input therefore always replays in the same order.
+* Events are handled in groups of equal timestamp.  At a group's time ``t`` the engine first delivers
+  the outcomes whose horizon ended strictly before ``t`` (their label mid is final), then asks every
+  model to ``predict`` each fill of the group, and only then delivers the group's market events.  A
+  model asked about a fill at ``t`` has therefore seen exactly the events with timestamps before ``t``.
+* With the ``public`` fill model, each trade on the target market is a fill of our quote resting on the
+  passive side at the trade price (an aggressive buy fills our ask).  ``FILL`` rows from a source (the
+  user's own fills) are fills too.
+* Every outcome reaches every model and the combiner, whatever their confidence.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+
+from sigkit.context import Market
+from sigkit.errors import DataError, ModelError, PluginError, SigkitError
+from sigkit.events import (
+    BOOK, EVENT_DTYPE, FILL, STAT, TRADE, BookUpdate, FillQuery, MarketStat, Prediction, Trade,
+)
+from sigkit.labels import label_outcome, markout_bps
+from sigkit.learn import RunningBaseRate
+from sigkit.plugins import resolve_hooks
+
+
+@attrs.frozen
+class Labelling:
+    """How fills become outcomes: the primary horizon that labels them and the markout horizons scored."""
+
+    horizon_ns: int
+    threshold_bps: float = 0.0
+    markout_horizons_ns: tuple[int, ...] = ()
+
+    @property
+    def all_horizons_ns(self) -> tuple[int, ...]:
+        return tuple(sorted({self.horizon_ns, *self.markout_horizons_ns}))
+
+
+@attrs.define
+class RunResult:
+    """What a replay produced: one row per fill plus counts.  Scoring happens in :mod:`sigkit.report`."""
+
+    model_ids: list[str]
+    fills: dict[str, np.ndarray]  # ts_ns, venue, symbol, side, price, size, mid, p_ref, truth, labelled,
+    #                               was_adverse, realized_as_bps, markout_<h>
+    predictions: dict[str, dict[str, np.ndarray]]  # id -> {p, confidence, cost_bps}; "ensemble" included
+    markout_horizons_ns: tuple[int, ...]
+    events: dict[str, int]
+    first_ts_ns: int | None
+    last_ts_ns: int | None
+    completed: bool
+    stop_reason: str | None
+    elapsed_s: float
+
+
+class _Stopped(Exception):
+    pass
+
+
+def merge_chunks(sources: Sequence[tuple[str, Iterable[np.ndarray]]]) -> Iterator[np.ndarray]:
+    """Merge per-source chunk streams into time-ordered chunks.
+
+    Each yielded chunk ends at a timestamp boundary: all events sharing a timestamp arrive in one chunk.
+    Raises :class:`DataError` if a source goes back in time.
+    """
+    iters = [iter(chunks) for _, chunks in sources]
+    buffers: list[np.ndarray | None] = [None] * len(sources)
+    last_seen = [None] * len(sources)
+    done = [False] * len(sources)
+
+    def refill(k: int) -> None:
+        for chunk in iters[k]:
+            if chunk.dtype != EVENT_DTYPE:
+                raise PluginError(f"source {sources[k][0]!r} yielded an array that is not of sigkit.EVENT_DTYPE")
+            if len(chunk) == 0:
+                continue
+            ts = chunk["ts_ns"]
+            back = np.flatnonzero(ts[1:] < ts[:-1])
+            if len(back) or (last_seen[k] is not None and ts[0] < last_seen[k]):
+                at = int(ts[back[0] + 1]) if len(back) else int(ts[0])
+                raise DataError(f"source {sources[k][0]!r} goes back in time at ts_ns={at}; "
+                                "events must be sorted by time")
+            last_seen[k] = int(ts[-1])
+            buffers[k] = chunk if buffers[k] is None or len(buffers[k]) == 0 else np.concatenate([buffers[k], chunk])
+            return
+        done[k] = True
+
+    for k in range(len(sources)):
+        refill(k)
+    while True:
+        live = [k for k in range(len(sources)) if not done[k]]
+        if not live:
+            rest = [(k, b) for k, b in enumerate(buffers) if b is not None and len(b)]
+            if rest:
+                yield _interleave(rest)
+            return
+        # Every live source's future lies at or after its buffer's last timestamp, so rows before the
+        # smallest of those are final.
+        cut = min(int(buffers[k]["ts_ns"][-1]) for k in live)
+        out = []
+        for k, buf in enumerate(buffers):
+            if buf is None or not len(buf):
+                continue
+            n = int(np.searchsorted(buf["ts_ns"], cut, side="left"))
+            if n:
+                out.append((k, buf[:n]))
+                buffers[k] = buf[n:]
+        if out:
+            yield _interleave(out)
+        # A source whose buffer holds only the cut timestamp (or nothing) must read ahead to move on.
+        for k in live:
+            buf = buffers[k]
+            if buf is None or not len(buf) or int(buf["ts_ns"][-1]) <= cut:
+                refill(k)
+
+
+def _interleave(parts: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0][1]
+    chunk = np.concatenate([p for _, p in parts])
+    source_rank = np.concatenate([np.full(len(p), k) for k, p in parts])
+    row_rank = np.concatenate([np.arange(len(p)) for _, p in parts])
+    order = np.lexsort((row_rank, source_rank, chunk["ts_ns"]))
+    return chunk[order]
+
+
+class Replay:
+    """One run: sources, model instances and an optional combiner, replayed causally.
+
+    ``sources`` are ``(label, source_object)``; ``models`` are ``(model_id, model_object)`` in recipe
+    order; ``combiner`` is ``(label, combiner_object, member_ids)`` or None.
+    """
+
+    def __init__(self, *, sources: Sequence[tuple[str, Any]], models: Sequence[tuple[str, Any]],
+                 combiner: tuple[str, Any, Sequence[str]] | None, target: Market, labelling: Labelling,
+                 public_fills: bool = True):
+        self.target = target
+        self.labelling = labelling
+        self.public_fills = public_fills
+        self.sources = [(label, resolve_hooks(obj, "source", f"source {label!r}")) for label, obj in sources]
+        self.model_ids = [mid for mid, _ in models]
+        if len(set(self.model_ids)) != len(self.model_ids):
+            raise SigkitError("model ids must be unique")
+        self._owner = {}  # instance -> label, for error messages
+        self._hooks = []
+        for mid, obj in models:
+            self._hooks.append(resolve_hooks(obj, "model", f"model {mid!r}"))
+            self._owner[id(obj)] = f"model {mid!r}"
+        self.combiner = None
+        if combiner is not None:
+            label, obj, members = combiner
+            unknown = [m for m in members if m not in self.model_ids]
+            if unknown:
+                raise SigkitError(f"ensemble member {unknown[0]!r} is not a model id")
+            self.combiner = (resolve_hooks(obj, "combiner", f"combiner {label!r}"),
+                             [self.model_ids.index(m) for m in members])
+            self._owner[id(obj)] = f"ensemble combiner {label!r}"
+
+    def describe_sources(self) -> list[dict]:
+        return [hooks["describe"]() if "describe" in hooks else {"source": label} for label, hooks in self.sources]
+
+    def span_ns(self) -> tuple[int, int] | None:
+        spans = [hooks["span_ns"]() for _, hooks in self.sources if "span_ns" in hooks]
+        spans = [s for s in spans if s]
+        if not spans:
+            return None
+        return min(s[0] for s in spans), max(s[1] for s in spans)
+
+    def run(self, *, progress: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], str | None] | None = None) -> RunResult:
+        """Replay everything.  ``progress(events_done, last_ts_ns)`` is called after each chunk;
+        ``should_stop()`` returning a reason ends the run early (results cover what was processed)."""
+        started = time.perf_counter()
+        state = _State(self)
+        stop_reason = None
+        streams = [(label, self._source_chunks(label, hooks)) for label, hooks in self.sources]
+        try:
+            for chunk in merge_chunks(streams):
+                state.process(chunk)
+                if progress is not None:
+                    progress(state.events_total, state.last_ts)
+                if should_stop is not None:
+                    stop_reason = should_stop()
+                    if stop_reason:
+                        break
+        except KeyboardInterrupt:
+            stop_reason = "interrupted (Ctrl-C)"
+        if state.last_ts is not None:
+            # Outcomes whose horizon ended at or before the last event are final; later ones are unknown.
+            state.deliver_due(state.last_ts + 1)
+        return state.result(completed=stop_reason is None, stop_reason=stop_reason,
+                            elapsed_s=time.perf_counter() - started)
+
+    def _source_chunks(self, label: str, hooks: dict) -> Iterator[np.ndarray]:
+        try:
+            yield from hooks["chunks"]()
+        except SigkitError:
+            raise
+        except Exception as err:
+            raise DataError(f"source {label!r} failed: {type(err).__name__}: {err}") from err
+
+
+class _State:
+    """The mutable state of one replay (kept apart from :class:`Replay` so a run is single-use)."""
+
+    def __init__(self, replay: Replay):
+        self.replay = replay
+        self.target = replay.target
+        self.labelling = replay.labelling
+        hooks = replay._hooks
+        self.trade_handlers = [h["on_trade"] for h in hooks if "on_trade" in h]
+        self.book_handlers = [h["on_book_update"] for h in hooks if "on_book_update" in h]
+        self.stat_handlers = [h["on_market_stat"] for h in hooks if "on_market_stat" in h]
+        self.predictors = [h["predict"] for h in hooks]
+        self.outcome_handlers = [h["record_outcome"] for h in hooks if "record_outcome" in h]
+        if replay.combiner is not None:
+            chooks, self.member_index = replay.combiner
+            self.combine = chooks["combine"]
+            self.combiner_outcome = chooks.get("record_outcome")
+        else:
+            self.combine = None
+            self.combiner_outcome = None
+        self.horizons = self.labelling.all_horizons_ns
+        self.primary = self.horizons.index(self.labelling.horizon_ns)
+        self.reference = RunningBaseRate()
+        self.mid = math.nan
+        self.pending: list[tuple[int, int, int, int]] = []  # (due_ts, seq, fill index, horizon index)
+        self.seq = 0
+        self.events = {"trade": 0, "book": 0, "stat": 0, "fill": 0}
+        self.events_total = 0
+        self.first_ts = None
+        self.last_ts = None
+        # One entry per fill.
+        self.queries: list[FillQuery] = []
+        self.mid_at_fill: list[float] = []
+        self.p_ref: list[float] = []
+        self.truth: list[float] = []
+        n_models = len(replay.model_ids)
+        self.p = [[] for _ in range(n_models)]
+        self.conf = [[] for _ in range(n_models)]
+        self.cost = [[] for _ in range(n_models)]
+        self.ens_p: list[float] = []
+        self.ens_conf: list[float] = []
+        self.ens_cost: list[float] = []
+        self.markouts = [[] for _ in self.horizons]
+        self.was_adverse: list[float] = []
+        self.member_preds: dict[int, list[Prediction]] = {}
+
+    # -- per chunk ------------------------------------------------------------------------------------
+
+    def process(self, chunk: np.ndarray) -> None:
+        n = len(chunk)
+        ts_arr = chunk["ts_ns"]
+        kind_arr = chunk["kind"]
+        on_target = (chunk["venue"] == self.target.venue) & (chunk["symbol"] == self.target.symbol)
+        is_fill = kind_arr == FILL
+        if self.replay.public_fills:
+            is_fill = is_fill | ((kind_arr == TRADE) & on_target)
+        new_group = np.empty(n, dtype=bool)
+        new_group[0] = True
+        np.not_equal(ts_arr[1:], ts_arr[:-1], out=new_group[1:])
+        starts = np.flatnonzero(new_group)
+        ends = np.append(starts[1:], n)
+        group_end = np.repeat(ends, ends - starts).tolist()
+        fill_rows = np.flatnonzero(is_fill).tolist()
+        fill_rows.append(n)  # sentinel
+
+        ts = ts_arr.tolist()
+        exch = chunk["exch_ts_ns"].tolist()
+        kind = kind_arr.tolist()
+        venue = chunk["venue"].tolist()
+        symbol = chunk["symbol"].tolist()
+        side = chunk["side"].tolist()
+        price = chunk["price"].tolist()
+        size = chunk["size"].tolist()
+        bid_px, bid_sz = chunk["bid_px"].tolist(), chunk["bid_sz"].tolist()
+        ask_px, ask_sz = chunk["ask_px"].tolist(), chunk["ask_sz"].tolist()
+        truth = chunk["truth"].tolist()
+        target_flags = on_target.tolist()
+        new_group_l = new_group.tolist()
+        has_depth = ~(np.isnan(chunk["bids"][:, 0, 0]) & np.isnan(chunk["asks"][:, 0, 0]))
+        depth_rows = set(np.flatnonzero(has_depth).tolist())
+        stat_rows = kind_arr == STAT
+        oi = chunk["open_interest"].tolist() if stat_rows.any() else None
+        funding = chunk["funding_rate"].tolist() if oi is not None else None
+        mark = chunk["mark_price"].tolist() if oi is not None else None
+
+        trade_handlers, book_handlers, stat_handlers = self.trade_handlers, self.book_handlers, self.stat_handlers
+        fp = 0
+        if self.first_ts is None:
+            self.first_ts = ts[0]
+        k = 0
+        t = ts[0]
+        try:
+            for k in range(n):
+                t = ts[k]
+                if new_group_l[k]:
+                    if self.pending and self.pending[0][0] < t:
+                        self.deliver_due(t)
+                    end = group_end[k]
+                    while fill_rows[fp] < end:
+                        f = fill_rows[fp]
+                        fill_side = side[f] if kind[f] == FILL else -side[f]
+                        self.predict(FillQuery(t, venue[f], symbol[f], fill_side, price[f], size[f]), truth[f])
+                        fp += 1
+                kd = kind[k]
+                if kd == TRADE:
+                    record = Trade(t, venue[k], symbol[k], price[k], size[k], side[k], exch[k])
+                    for handler in trade_handlers:
+                        handler(record)
+                elif kd == BOOK:
+                    if k in depth_rows:
+                        record = BookUpdate(t, venue[k], symbol[k], bid_px[k], bid_sz[k], ask_px[k], ask_sz[k],
+                                            _levels(chunk["bids"][k]), _levels(chunk["asks"][k]), exch[k])
+                    else:
+                        record = BookUpdate(t, venue[k], symbol[k], bid_px[k], bid_sz[k], ask_px[k], ask_sz[k],
+                                            (), (), exch[k])
+                    if target_flags[k]:
+                        self.mid = 0.5 * (bid_px[k] + ask_px[k])
+                    for handler in book_handlers:
+                        handler(record)
+                elif kd == STAT:
+                    record = MarketStat(t, venue[k], symbol[k], oi[k], funding[k], mark[k], side[k], price[k],
+                                        size[k], exch[k])
+                    for handler in stat_handlers:
+                        handler(record)
+        except SigkitError as err:
+            culprit = self._culprit(err)
+            if culprit is None:
+                raise
+            raise ModelError(f"{culprit[0]} failed in {culprit[1]} at ts_ns={t}: {err}") from err
+        except Exception as err:
+            culprit = self._culprit(err)
+            if culprit is None:
+                raise
+            raise ModelError(f"{culprit[0]} raised {type(err).__name__} in {culprit[1]} at ts_ns={t}: {err}") from err
+        self.last_ts = ts[-1]
+        counts = np.bincount(kind_arr, minlength=5)
+        self.events["trade"] += int(counts[TRADE])
+        self.events["book"] += int(counts[BOOK])
+        self.events["stat"] += int(counts[STAT])
+        self.events["fill"] += int(counts[FILL])
+        self.events_total += n
+
+    def _culprit(self, err: BaseException) -> tuple[str, str] | None:
+        """Which plugin instance raised, and in which hook: the outermost frame whose ``self`` is one."""
+        tb = err.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if owner is not None and id(owner) in self.replay._owner:
+                return self.replay._owner[id(owner)], tb.tb_frame.f_code.co_name
+            tb = tb.tb_next
+        return None
+
+    # -- fills and outcomes --------------------------------------------------------------------------
+
+    def predict(self, query: FillQuery, truth: float) -> None:
+        index = len(self.queries)
+        preds = []
+        for m, predictor in enumerate(self.predictors):
+            pred = predictor(query)
+            _check_prediction(pred, self.replay.model_ids[m])
+            preds.append(pred)
+            self.p[m].append(pred.p_adverse)
+            self.conf[m].append(pred.confidence)
+            self.cost[m].append(pred.expected_cost_bps)
+        if self.combine is not None:
+            members = [preds[i] for i in self.member_index]
+            pred = self.combine(query, members)
+            _check_prediction(pred, "ensemble")
+            self.ens_p.append(pred.p_adverse)
+            self.ens_conf.append(pred.confidence)
+            self.ens_cost.append(pred.expected_cost_bps)
+            self.member_preds[index] = members
+        self.queries.append(query)
+        self.mid_at_fill.append(self.mid)
+        self.p_ref.append(self.reference.rate)
+        self.truth.append(truth)
+        self.was_adverse.append(math.nan)
+        for hi, h in enumerate(self.horizons):
+            self.markouts[hi].append(math.nan)
+            heapq.heappush(self.pending, (query.ts_ns + h, self.seq, index, hi))
+            self.seq += 1
+
+    def deliver_due(self, now_ns: int) -> None:
+        """Label and deliver every pending outcome whose horizon ended before ``now_ns``."""
+        pending = self.pending
+        mid = self.mid
+        while pending and pending[0][0] < now_ns:
+            _due, _seq, index, hi = heapq.heappop(pending)
+            query = self.queries[index]
+            if mid != mid:  # no target book yet: this fill cannot be labelled
+                self.member_preds.pop(index, None)
+                continue
+            if hi != self.primary:
+                self.markouts[hi][index] = markout_bps(query.side, query.price, mid)
+                continue
+            outcome = label_outcome(query, mid, self.labelling.horizon_ns, self.labelling.threshold_bps)
+            self.markouts[hi][index] = outcome.markout_bps
+            self.was_adverse[index] = 1.0 if outcome.was_adverse else 0.0
+            for handler in self.outcome_handlers:
+                handler(outcome)
+            members = self.member_preds.pop(index, None)
+            if self.combiner_outcome is not None:
+                self.combiner_outcome(outcome, members)
+            self.reference.update(outcome.was_adverse, query.ts_ns)
+
+    def result(self, *, completed: bool, stop_reason: str | None, elapsed_s: float) -> RunResult:
+        q = self.queries
+        fills = {
+            "ts_ns": np.array([x.ts_ns for x in q], dtype=np.int64),
+            "venue": np.array([x.venue for x in q], dtype=str),
+            "symbol": np.array([x.symbol for x in q], dtype=str),
+            "side": np.array([x.side for x in q], dtype=np.int8),
+            "price": np.array([x.price for x in q], dtype=float),
+            "size": np.array([x.size for x in q], dtype=float),
+            "mid": np.array(self.mid_at_fill, dtype=float),
+            "p_ref": np.array(self.p_ref, dtype=float),
+            "truth": np.array(self.truth, dtype=float),
+            "was_adverse": np.array(self.was_adverse, dtype=float),
+        }
+        fills["labelled"] = ~np.isnan(fills["was_adverse"])
+        primary = np.array(self.markouts[self.primary], dtype=float)
+        fills["realized_as_bps"] = -primary
+        for h, values in zip(self.horizons, self.markouts):
+            fills[f"markout_{h}"] = np.array(values, dtype=float)
+        predictions = {}
+        for m, mid in enumerate(self.replay.model_ids):
+            predictions[mid] = {"p": np.array(self.p[m], dtype=float), "confidence": np.array(self.conf[m], dtype=float),
+                                "cost_bps": np.array(self.cost[m], dtype=float)}
+        if self.combine is not None:
+            predictions["ensemble"] = {"p": np.array(self.ens_p, dtype=float),
+                                       "confidence": np.array(self.ens_conf, dtype=float),
+                                       "cost_bps": np.array(self.ens_cost, dtype=float)}
+        return RunResult(
+            model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions,
+            markout_horizons_ns=self.horizons, events=dict(self.events), first_ts_ns=self.first_ts,
+            last_ts_ns=self.last_ts, completed=completed, stop_reason=stop_reason, elapsed_s=elapsed_s,
+        )
+
+
+def _levels(levels: np.ndarray) -> tuple[tuple[float, float], ...]:
+    return tuple((float(px), float(sz)) for px, sz in levels.tolist() if px == px)
+
+
+def _check_prediction(pred: Any, who: str) -> None:
+    if not isinstance(pred, Prediction):
+        raise ModelError(f"{who} returned {type(pred).__name__} from predict(); expected sigkit.Prediction")
+    if not 0.0 <= pred.p_adverse <= 1.0:
+        raise ModelError(f"{who} predicted p_adverse={pred.p_adverse!r}; it must be a probability in [0, 1]")
+    if not 0.0 <= pred.confidence <= 1.0:
+        raise ModelError(f"{who} gave confidence={pred.confidence!r}; it must be in [0, 1]")
+
+
+def replay_from_recipe(recipe) -> Replay:
+    """Build the instances a validated :class:`sigkit.recipe.Recipe` names and wire them into a replay."""
+    from sigkit.recipe import instantiate
+
+    built = instantiate(recipe)
+    labelling = Labelling(recipe.horizon_ns, recipe.threshold_bps, recipe.evaluation.markout_horizons_ns)
+    return Replay(sources=built.sources, models=built.models, combiner=built.combiner, target=recipe.target,
+                  labelling=labelling, public_fills=recipe.fills_path is None)

@@ -1,0 +1,169 @@
+"""The contract between sigkit and its plugins: the registration hooks and the hooks of a model instance.
+
+Two kinds of hooks live here.
+
+*Registration hooks* (``register_models``, ``register_sources``, ``register_combiners``) are module-level
+pluggy hooks.  A plugin distribution points its ``sigkit`` entry point at a module implementing them::
+
+    # pyproject.toml:  [project.entry-points.sigkit]  my_models = "my_models"
+    import sigkit
+
+    @sigkit.hookimpl
+    def register_models(register):
+        register(sigkit.ModelSpec("my_model", MyModel, params=MyParams, description="..."))
+
+*Instance hooks* are plain methods of the objects those specs build (see :class:`ModelHooks`,
+:class:`CombinerHooks`, :class:`SourceHooks`).  A model implements only the ones it needs.  When a run is
+built, sigkit checks each instance's methods against these specs once (a misspelled ``on_trades`` or a
+wrongly named argument is refused) and then calls the bound methods directly for every event, because a
+pluggy call costs about ten times a plain method call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pluggy
+
+if TYPE_CHECKING:
+    from sigkit.events import BookUpdate, FillQuery, MarketStat, Outcome, Prediction, Trade
+
+PROJECT = "sigkit"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# Instance hooks use their own pluggy project so they cannot be confused with registration hooks.
+INSTANCE_PROJECT = "sigkit_instance"
+instance_hookspec = pluggy.HookspecMarker(INSTANCE_PROJECT)
+
+
+# --- registration hooks -------------------------------------------------------------------------
+
+
+@hookspec
+def register_models(register: Callable) -> None:
+    """Register model classes: call ``register(ModelSpec(...))`` once per model.
+
+    Called once when the plugin manager is built.  ``ModelSpec.factory`` is called as
+    ``factory(params, context)`` with the validated parameters (an instance of ``ModelSpec.params``) and a
+    :class:`sigkit.RunContext`; the object it returns implements :class:`ModelHooks`.
+
+    Example::
+
+        @sigkit.hookimpl
+        def register_models(register):
+            register(sigkit.ModelSpec("base_rate", BaseRate, params=BaseRateParams))
+    """
+
+
+@hookspec
+def register_sources(register: Callable) -> None:
+    """Register data sources: call ``register(SourceSpec(...))`` once per source.
+
+    ``SourceSpec.factory(params, context)`` returns an object implementing :class:`SourceHooks`.  A recipe
+    names it in its ``data`` section (``- source: simulate``).
+
+    Example::
+
+        @sigkit.hookimpl
+        def register_sources(register):
+            register(sigkit.SourceSpec("native", NativeSource, params=NativeParams))
+    """
+
+
+@hookspec
+def register_combiners(register: Callable) -> None:
+    """Register ensemble combiners: call ``register(CombinerSpec(...))`` once per combiner.
+
+    ``CombinerSpec.factory(params, context)`` returns an object implementing :class:`CombinerHooks`.
+    A recipe names it as ``ensemble: {combiner: hedge}``.
+
+    Example::
+
+        @sigkit.hookimpl
+        def register_combiners(register):
+            register(sigkit.CombinerSpec("mean", MeanCombiner))
+    """
+
+
+# --- instance hooks ------------------------------------------------------------------------------
+
+
+class ModelHooks:
+    """The methods a model instance may implement.  Only ``predict`` is required.
+
+    Every market event of every source reaches the model in event-time order, whatever its venue or
+    symbol; the model filters what it needs (``context.target`` names the market whose fills are scored).
+    """
+
+    @instance_hookspec
+    def on_trade(self, trade: Trade) -> None:
+        """A public trade happened (any venue or symbol).
+
+        At a fill, ``predict`` is called *before* the trade that caused it is delivered here, and before
+        any other event with the same timestamp.
+        """
+
+    @instance_hookspec
+    def on_book_update(self, book: BookUpdate) -> None:
+        """The top of a book (and optionally its depth) changed."""
+
+    @instance_hookspec
+    def on_market_stat(self, stat: MarketStat) -> None:
+        """Open interest, funding, mark price or a liquidation was published."""
+
+    @instance_hookspec(firstresult=True)
+    def predict(self, query: FillQuery) -> Prediction:
+        """One of our quotes was filled: return a :class:`sigkit.Prediction` for it.
+
+        The model has seen every event with a timestamp strictly before ``query.ts_ns`` and nothing else.
+        Example::
+
+            def predict(self, query):
+                return sigkit.Prediction(p_adverse=0.5, confidence=0.0)
+        """
+
+    @instance_hookspec
+    def record_outcome(self, outcome: Outcome) -> None:
+        """A fill's outcome is known: its horizon has passed in event time.
+
+        Called for *every* fill the model was asked about (a confidence filter only changes what is
+        scored), before any event later than ``outcome.fill.ts_ns + outcome.horizon_ns`` is delivered.
+        """
+
+
+class CombinerHooks:
+    """The methods of an ensemble combiner instance.  ``combine`` is required."""
+
+    @instance_hookspec(firstresult=True)
+    def combine(self, query: FillQuery, predictions: Sequence[Prediction]) -> Prediction:
+        """Pool the member predictions (in the recipe's member order) for one fill."""
+
+    @instance_hookspec
+    def record_outcome(self, outcome: Outcome, predictions: Sequence[Prediction]) -> None:
+        """A fill's outcome, with the member predictions that were issued for that fill."""
+
+
+class SourceHooks:
+    """The methods of a data source instance.  ``chunks`` is required."""
+
+    @instance_hookspec(firstresult=True)
+    def chunks(self) -> Iterator[np.ndarray]:
+        """Yield chunks of :data:`sigkit.EVENT_DTYPE`, each sorted by ``ts_ns``, in time order.
+
+        Memory must not grow with the length of the data: read and yield as you go.
+        """
+
+    @instance_hookspec(firstresult=True)
+    def span_ns(self) -> tuple[int, int] | None:
+        """The (first, last) event time if known cheaply in advance (drives the progress bar)."""
+
+    @instance_hookspec(firstresult=True)
+    def describe(self) -> dict:
+        """A JSON-ready description of where the data came from, recorded in the report."""
+
+
+INSTANCE_SPECS = {"model": ModelHooks, "combiner": CombinerHooks, "source": SourceHooks}
+REQUIRED_HOOKS = {"model": ("predict",), "combiner": ("combine",), "source": ("chunks",)}

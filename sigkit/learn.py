@@ -1,0 +1,116 @@
+"""Small online learners shared by models and combiners: the causal base rate, online logistic
+regression, and the expected-cost tracker.  Pure Python on short vectors: per-event calls on a handful of
+features are faster without numpy's per-call overhead."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+P_FLOOR = 1e-6
+
+
+def sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def logit(p: float) -> float:
+    p = min(max(p, P_FLOOR), 1.0 - P_FLOOR)
+    return math.log(p / (1.0 - p))
+
+
+class RunningBaseRate:
+    """The causal base rate: the share of adverse outcomes delivered so far.
+
+    With a Beta(``prior_adverse``, ``prior_total - prior_adverse``) prior, so the first answer is 0.5.
+    ``halflife_ns`` (optional) makes it an exponentially weighted rate in event time, for drifting
+    markets.  This is also the reference every model's Brier skill is measured against (cumulative,
+    default prior), so a model that merely tracks the running base rate scores zero skill.
+    """
+
+    def __init__(self, *, prior_adverse: float = 1.0, prior_total: float = 2.0, halflife_ns: int | None = None):
+        self._prior_adverse = prior_adverse
+        self._prior_total = prior_total
+        self._decay_per_ns = math.log(2.0) / halflife_ns if halflife_ns else 0.0
+        self._adverse = 0.0
+        self._total = 0.0
+        self._last_ts = None
+        self.n = 0
+
+    def update(self, was_adverse: bool, ts_ns: int = 0) -> None:
+        if self._decay_per_ns and self._last_ts is not None and ts_ns > self._last_ts:
+            keep = math.exp(-self._decay_per_ns * (ts_ns - self._last_ts))
+            self._adverse *= keep
+            self._total *= keep
+        self._last_ts = ts_ns
+        self._adverse += 1.0 if was_adverse else 0.0
+        self._total += 1.0
+        self.n += 1
+
+    @property
+    def rate(self) -> float:
+        return (self._adverse + self._prior_adverse) / (self._total + self._prior_total)
+
+
+class OnlineLogistic:
+    """Logistic regression fitted by constant-step SGD on log loss, so it keeps adapting.
+
+    ``p = sigmoid(b + w.x)``; each update moves ``w`` by ``-lr * ((p - y) x + l2 w)`` and ``b`` by
+    ``-intercept_lr * (p - y)`` (METHODS.md §6.1).  A larger intercept step absorbs base-rate drift.
+    """
+
+    def __init__(self, n_features: int, *, learning_rate: float = 0.05, l2: float = 0.0,
+                 intercept_learning_rate: float | None = None, weights: Sequence[float] | None = None,
+                 intercept: float = 0.0):
+        self.weights = list(weights) if weights is not None else [0.0] * n_features
+        if len(self.weights) != n_features:
+            raise ValueError(f"expected {n_features} initial weights, got {len(self.weights)}")
+        self.intercept = intercept
+        self.learning_rate = learning_rate
+        self.intercept_learning_rate = learning_rate if intercept_learning_rate is None else intercept_learning_rate
+        self.l2 = l2
+        self.n_updates = 0
+
+    def decision(self, x: Sequence[float]) -> float:
+        z = self.intercept
+        for w, v in zip(self.weights, x):
+            z += w * v
+        return z
+
+    def predict(self, x: Sequence[float]) -> float:
+        return sigmoid(self.decision(x))
+
+    def update(self, x: Sequence[float], y: float) -> None:
+        error = self.predict(x) - y
+        lr, l2 = self.learning_rate, self.l2
+        self.weights = [w - lr * (error * v + l2 * w) for w, v in zip(self.weights, x)]
+        self.intercept -= self.intercept_learning_rate * error
+        self.n_updates += 1
+
+
+class ConditionalCost:
+    """Expected adverse-selection cost from a probability: running means of realized cost (bps) among
+    adverse and non-adverse outcomes, mixed by ``p``."""
+
+    def __init__(self) -> None:
+        self._sum = [0.0, 0.0]
+        self._n = [0, 0]
+
+    def update(self, was_adverse: bool, realized_as_bps: float) -> None:
+        if realized_as_bps == realized_as_bps:  # skip NaN
+            k = 1 if was_adverse else 0
+            self._sum[k] += realized_as_bps
+            self._n[k] += 1
+
+    def expected(self, p_adverse: float) -> float:
+        if not (self._n[0] and self._n[1]):
+            return math.nan
+        return p_adverse * self._sum[1] / self._n[1] + (1.0 - p_adverse) * self._sum[0] / self._n[0]
+
+
+def evidence_confidence(n_outcomes: int, half_evidence: float) -> float:
+    """A confidence in [0, 1) that grows with evidence: 0.5 after ``half_evidence`` outcomes."""
+    return n_outcomes / (n_outcomes + half_evidence)
