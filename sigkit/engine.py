@@ -372,7 +372,7 @@ class _State:
         preds = []
         for m, predictor in enumerate(self.predictors):
             pred = predictor(query)
-            _check_prediction(pred, self.replay.model_ids[m])
+            _check_prediction(pred, f"model {self.replay.model_ids[m]!r}")
             preds.append(pred)
             self.p[m].append(pred.p_adverse)
             self.conf[m].append(pred.confidence)
@@ -380,7 +380,7 @@ class _State:
         if self.combine is not None:
             members = [preds[i] for i in self.member_index]
             pred = self.combine(query, members)
-            _check_prediction(pred, "ensemble")
+            _check_prediction(pred, "the ensemble combiner")
             self.ens_p.append(pred.p_adverse)
             self.ens_conf.append(pred.confidence)
             self.ens_cost.append(pred.expected_cost_bps)

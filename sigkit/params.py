@@ -108,9 +108,10 @@ def _type_name(tp: Any) -> str:
 class ParamError(ValueError):
     """A parameter value is wrong; ``key`` names it so the caller can point at its line."""
 
-    def __init__(self, key: str, message: str):
+    def __init__(self, key: str, message: str, *, about_key: bool = False):
         super().__init__(message)
         self.key = key
+        self.about_key = about_key  # the name is wrong (point at the key), not the value
 
 
 def build_params(cls: type | None, values: Mapping[str, Any], *, owner: str) -> Any:
@@ -129,7 +130,7 @@ def build_params(cls: type | None, values: Mapping[str, Any], *, owner: str) -> 
     for key, value in values.items():
         field = fields.get(key)
         if field is None:
-            raise ParamError(key, f"unknown parameter {key!r} for {owner}" + suggest(key, fields))
+            raise ParamError(key, f"unknown parameter {key!r} for {owner}" + suggest(key, fields), about_key=True)
         try:
             kwargs[field.name] = _convert(field, value)
         except DurationError as err:

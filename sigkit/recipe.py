@@ -146,9 +146,12 @@ class _Reader:
         try:
             return build_params(cls, values, owner=owner)
         except ParamError as err:
-            at = self.value_at(values, err.key) if err.key in values else self.key_at(values, err.key)
             if err.key not in values:
                 at = where
+            elif err.about_key:
+                at = self.key_at(values, err.key)
+            else:
+                at = self.value_at(values, err.key)
             raise self.error(str(err), at) from None
 
     def lookup(self, kind: str, name: Any, node: Any, key: Any):
@@ -276,7 +279,10 @@ def _source_params(r: _Reader, spec: SourceSpec, entry: CommentedMap, name: str)
     try:
         params = build_params(spec.params, values, owner=f"source {name!r}")
     except ParamError as err:
-        at = r.value_at(entry, err.key) if err.key in entry else r.node_at(entry)
+        if err.key not in entry:
+            at = r.node_at(entry)
+        else:
+            at = r.key_at(entry, err.key) if err.about_key else r.value_at(entry, err.key)
         raise r.error(str(err), at) from None
     for field in path_fields(spec.params):
         value = getattr(params, field)

@@ -1,0 +1,175 @@
+"""The causal replay engine: merge order, predict-before-reveal, outcome timing and errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import sigkit
+from sigkit.engine import Labelling, Replay, merge_chunks
+from sigkit.errors import DataError, ModelError, PluginError
+
+from conftest import ListSource, book, chunk_of, fill, stat, trade
+
+H = 10  # horizon in ns for hand-built data
+
+
+class Spy:
+    """Records everything it sees and checks causality at every call."""
+
+    def __init__(self, confidence=1.0):
+        self.seen = []  # (ts, kind)
+        self.queries = []
+        self.outcomes = []
+        self.confidence = confidence
+
+    def on_trade(self, trade):
+        self.seen.append((trade.ts_ns, "trade"))
+
+    def on_book_update(self, book):
+        self.seen.append((book.ts_ns, "book"))
+
+    def on_market_stat(self, stat):
+        self.seen.append((stat.ts_ns, "stat"))
+
+    def predict(self, query):
+        assert all(ts < query.ts_ns for ts, _ in self.seen), "model saw an event at or after the fill"
+        self.queries.append(query)
+        return sigkit.Prediction(0.5, self.confidence)
+
+    def record_outcome(self, outcome):
+        due = outcome.fill.ts_ns + outcome.horizon_ns
+        assert all(ts <= due for ts, _ in self.seen), "outcome delivered after an event past its horizon"
+        self.outcomes.append((len(self.seen), outcome))
+
+
+def _replay(chunks_by_source, models, *, public=True, horizons=(), combiner=None):
+    sources = [(f"s{i}", ListSource(c)) for i, c in enumerate(chunks_by_source)]
+    return Replay(sources=sources, models=models, combiner=combiner, target=sigkit.Market("v", "X"),
+                  labelling=Labelling(H, 0.0, horizons), public_fills=public)
+
+
+def test_merge_orders_by_time_then_source_then_row_and_never_splits_a_timestamp():
+    a = [chunk_of([book(1, 99, 101), trade(3, 1, 101)]), chunk_of([trade(3, -1, 99), book(7, 99, 101)])]
+    b = [chunk_of([stat(3, 10.0), stat(5, 11.0)]), chunk_of([stat(7, 12.0)])]
+    merged = list(merge_chunks([("a", a), ("b", b)]))
+    rows = np.concatenate(merged)
+    assert rows["ts_ns"].tolist() == [1, 3, 3, 3, 5, 7, 7]
+    # At ts=3: source a's two rows (in their order) before source b's.
+    assert rows["kind"].tolist() == [sigkit.BOOK, sigkit.TRADE, sigkit.TRADE, sigkit.STAT, sigkit.STAT,
+                                     sigkit.BOOK, sigkit.STAT]
+    assert rows["side"].tolist()[1:3] == [1, -1]
+    for left, right in zip(merged, merged[1:]):
+        assert left["ts_ns"][-1] < right["ts_ns"][0]
+
+
+def test_source_going_back_in_time_is_a_data_error():
+    bad = [chunk_of([book(5, 99, 101)]), chunk_of([book(4, 99, 101)])]
+    with pytest.raises(DataError, match="goes back in time at ts_ns=4"):
+        list(merge_chunks([("a", bad)]))
+
+
+def test_predict_sees_only_strictly_earlier_events_and_outcomes_arrive_after_horizon():
+    rows = [book(0, 99.5, 100.5), book(5, 99.5, 100.5), trade(5, 1, 100.5),  # same-ts book is not visible
+            book(12, 100.5, 101.5), trade(14, -1, 100.5), book(15, 100.5, 101.5), book(30, 98.5, 99.5)]
+    spy = Spy()
+    result = _replay([[chunk_of(rows)]], [("spy", spy)]).run()
+    assert [q.ts_ns for q in spy.queries] == [5, 14]
+    # The buy at 5 filled our ask at 100.5 (side -1).  Mid at 15 (= 5 + H) is 101.0: we lost.
+    first = spy.outcomes[0][1]
+    assert first.fill.side == -1 and first.mid_at_horizon == 101.0
+    assert first.markout_bps == pytest.approx(-1 * (101.0 - 100.5) / 100.5 * 1e4)
+    assert first.was_adverse and first.realized_as_bps == pytest.approx(-first.markout_bps)
+    # Delivered only after all events at ts <= 15 were seen, before the event at 30.
+    assert spy.outcomes[0][0] == 6
+    # The sell at 14 filled our bid at 100.5; mid at 24 is 101.0 (the book at 30 is later): made money.
+    second = spy.outcomes[1][1]
+    assert second.fill.side == 1 and not second.was_adverse and second.mid_at_horizon == 101.0
+    assert result.fills["was_adverse"].tolist() == [1.0, 0.0]
+
+
+def test_outcome_past_the_end_of_data_is_not_invented():
+    rows = [book(0, 99.5, 100.5), trade(5, 1, 100.5), book(8, 100.5, 101.5)]
+    spy = Spy()
+    result = _replay([[chunk_of(rows)]], [("spy", spy)]).run()
+    assert spy.outcomes == []
+    assert result.fills["labelled"].tolist() == [False]
+
+
+def test_every_outcome_reaches_every_model_whatever_its_confidence():
+    rows = [book(0, 99.5, 100.5)] + [trade(t, 1 if t % 2 else -1, 100.5 if t % 2 else 99.5) for t in range(1, 40)]
+    rows.append(book(100, 99.5, 100.5))
+    sure, unsure = Spy(1.0), Spy(0.0)
+    _replay([[chunk_of(rows)]], [("sure", sure), ("unsure", unsure)]).run()
+    assert len(unsure.outcomes) == len(sure.outcomes) == 39
+
+
+def test_own_fills_are_fills_and_public_trades_are_not_when_fills_come_from_a_file():
+    rows = [book(0, 99.5, 100.5), trade(3, 1, 100.5), fill(4, 1, 99.5), book(20, 99.5, 100.5)]
+    spy = Spy()
+    _replay([[chunk_of(rows)]], [("spy", spy)], public=False).run()
+    assert [(q.ts_ns, q.side) for q in spy.queries] == [(4, 1)]
+    assert (3, "trade") in spy.seen  # the public trade is still market data
+
+
+def test_markouts_at_several_horizons():
+    rows = [book(0, 99.5, 100.5), trade(5, -1, 99.5), book(6, 100.5, 101.5), book(9, 101.5, 102.5),
+            book(40, 90.5, 91.5)]
+    result = _replay([[chunk_of(rows)]], [("spy", Spy())], horizons=(2, 20)).run()
+    fills = result.fills
+    assert fills["markout_2"][0] == pytest.approx((101.0 - 99.5) / 99.5 * 1e4)
+    assert fills["markout_10"][0] == pytest.approx((102.0 - 99.5) / 99.5 * 1e4)
+    assert fills["markout_20"][0] == pytest.approx((102.0 - 99.5) / 99.5 * 1e4)
+
+
+class Boom:
+    def on_book_update(self, book):
+        if book.ts_ns >= 12:
+            raise ZeroDivisionError("division by zero")
+
+    def predict(self, query):
+        return sigkit.Prediction(0.5)
+
+
+def test_a_model_that_raises_is_named_with_hook_and_event_time():
+    rows = [book(0, 99.5, 100.5), book(12, 99.5, 100.5)]
+    with pytest.raises(ModelError, match=r"model 'boom' raised ZeroDivisionError in on_book_update at ts_ns=12"):
+        _replay([[chunk_of(rows)]], [("ok", Spy()), ("boom", Boom())]).run()
+
+
+class NotAProbability:
+    def predict(self, query):
+        return sigkit.Prediction(math.nan)
+
+
+def test_a_prediction_that_is_not_a_probability_is_refused():
+    rows = [book(0, 99.5, 100.5), trade(3, 1, 100.5)]
+    with pytest.raises(ModelError, match="model 'bad' predicted p_adverse=nan"):
+        _replay([[chunk_of(rows)]], [("bad", NotAProbability())]).run()
+
+
+class Misspelled:
+    def on_trades(self, trade):
+        pass
+
+    def predict(self, query):
+        return sigkit.Prediction(0.5)
+
+
+class WrongArgument:
+    def on_trade(self, trd):
+        pass
+
+    def predict(self, query):
+        return sigkit.Prediction(0.5)
+
+
+def test_misspelled_hooks_and_wrong_arguments_are_refused_when_the_run_is_built():
+    with pytest.raises(PluginError, match="unknown hook 'on_trades', did you mean 'on_trade'"):
+        _replay([[]], [("m", Misspelled())])
+    with pytest.raises(PluginError, match="trd"):
+        _replay([[]], [("m", WrongArgument())])
+    with pytest.raises(PluginError, match="does not implement predict"):
+        _replay([[]], [("m", object())])

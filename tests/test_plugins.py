@@ -1,0 +1,132 @@
+"""Plugin discovery: built-ins through entry points, broken plugins skipped, duplicates refused."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import types
+
+import attrs
+import pytest
+from click.testing import CliRunner
+
+import sigkit
+from sigkit.cli import main
+from sigkit.errors import PluginError
+from sigkit.plugins import build_registry
+
+
+def test_builtins_are_found_through_the_entry_point_group():
+    registry = build_registry()
+    assert {"base_rate", "flow"} <= set(registry.models)
+    assert {"mean", "weighted", "logit", "stacking", "hedge"} <= set(registry.combiners)
+    assert {"simulate", "native"} <= set(registry.sources)
+    flow = registry.models["flow"]
+    assert flow.distribution == "sigkit" and flow.plugin == "baselines" and flow.version == sigkit.__version__
+
+
+def test_no_entry_points_means_no_models():
+    registry = build_registry(load_entrypoints=False)
+    assert registry.models == {}
+    with pytest.raises(PluginError, match="unknown model 'flow'"):
+        registry.lookup("model", "flow")
+
+
+class _Dist:
+    name = "sigkit-broken"
+    version = "9.9"
+
+
+def _fake_entry_points(real, extra):
+    def entry_points(group=None):
+        found = list(real(group=group))
+        return found + [ep for ep in extra if ep.group == group]
+
+    return entry_points
+
+
+def test_a_plugin_that_fails_to_import_is_skipped_with_a_warning_naming_its_distribution(monkeypatch):
+    broken = metadata.EntryPoint("broken", "sigkit_does_not_exist_anywhere", "sigkit")
+    broken = broken._for(_Dist())
+    monkeypatch.setattr(metadata, "entry_points", _fake_entry_points(metadata.entry_points, [broken]))
+    registry = build_registry()
+    assert "flow" in registry.models  # the others still load
+    [failure] = registry.failures
+    assert "sigkit-broken 9.9" in str(failure) and "ModuleNotFoundError" in str(failure)
+    # A recipe naming a model that is not there hears why.
+    with pytest.raises(PluginError, match="unknown model 'brokenmodel'.*sigkit-broken 9.9 failed to load"):
+        registry.lookup("model", "brokenmodel")
+    result = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 0
+    assert "FAILED" in result.output and "sigkit-broken" in result.output
+
+
+def test_a_misspelled_registration_hook_is_reported_not_silently_ignored():
+    module = types.ModuleType("typo_plugin")
+
+    @sigkit.hookimpl
+    def register_model(register):
+        pass
+
+    module.register_model = register_model
+    with pytest.raises(PluginError, match="unknown hook 'register_model', did you mean 'register_models'"):
+        build_registry(load_entrypoints=False, plugins=[module])
+
+
+class _Params:
+    pass
+
+
+def test_duplicate_names_are_refused_naming_both_providers():
+    def plugin(name):
+        module = types.ModuleType(name)
+
+        @sigkit.hookimpl
+        def register_models(register):
+            register(sigkit.ModelSpec("twin", object))
+
+        module.register_models = register_models
+        return module
+
+    with pytest.raises(PluginError, match="model 'twin' is registered twice"):
+        build_registry(load_entrypoints=False, plugins=[plugin("one"), plugin("two")])
+
+
+def test_plugins_json_lists_parameters_with_units_and_defaults():
+    import json
+
+    result = CliRunner().invoke(main, ["plugins", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    baselines = next(p for p in data["plugins"] if p["name"] == "baselines")
+    flow = next(m for m in baselines["models"] if m["name"] == "flow")
+    halflife = next(p for p in flow["params"] if p["name"] == "halflife")
+    assert halflife["default"] == "2s" and halflife["unit"] == "duration"
+
+
+def test_allow_list_environment_variable(monkeypatch):
+    monkeypatch.setenv("SIGKIT_LOAD_PLUGINS", "combiners")
+    registry = build_registry()
+    assert registry.models == {} and "mean" in registry.combiners
+    monkeypatch.delenv("SIGKIT_LOAD_PLUGINS")
+    monkeypatch.setenv("SIGKIT_DISABLE_PLUGINS", "baselines")
+    registry = build_registry()
+    assert "flow" not in registry.models and "simulate" in registry.sources
+
+
+@attrs.frozen
+class P:
+    window_ns: int = sigkit.duration("1s", doc="d")
+    scales_ns: tuple[int, ...] = sigkit.duration(("100ms", "1s"), doc="d")
+    rate: float = sigkit.param(0.1, doc="r")
+    mode: str = sigkit.param("a", doc="m", choices=("a", "b"))
+
+
+def test_params_convert_durations_and_refuse_bad_values():
+    from sigkit.params import ParamError, build_params
+
+    p = build_params(P, {"window": "250ms", "scales": ["10ms", "2s"], "rate": 1}, owner="x")
+    assert p.window_ns == 250_000_000 and p.scales_ns == (10_000_000, 2_000_000_000) and p.rate == 1.0
+    assert build_params(P, {}, owner="x").scales_ns == (100_000_000, 1_000_000_000)
+    for bad in ({"window": 5}, {"rate": "x"}, {"rate": True}, {"mode": "c"}, {"scales": "1s"}, {"windo": "1s"}):
+        with pytest.raises(ParamError):
+            build_params(P, bad, owner="x")

@@ -1,0 +1,105 @@
+"""Bad input gets one clear line with file:line:column, exit code 2, no traceback and no output files."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from sigkit.cli import main
+
+GOOD = """\
+name: t
+data:
+  - source: native
+    path: {data}
+target: {venue: v, symbol: X}
+horizon: 1s
+models:
+  - id: flow
+    model: flow
+    params:
+      halflife: 2s
+"""
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "events.csv"
+    from sigkit.native import COLUMNS, MAGIC
+
+    path.write_text(f"{MAGIC}\n{','.join(COLUMNS)}\n")
+    return path
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def write(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+CASES = {
+    "malformed yaml": ("models:\n  - id: a\n   model: flow\n", r"r\.yaml:3:\d+: malformed YAML"),
+    "unknown model": (GOOD.replace("model: flow", "model: flwo"), r"r\.yaml:9:12: unknown model 'flwo', did you mean 'flow'\?"),
+    "unknown parameter": (GOOD.replace("halflife: 2s", "halflive: 2s"),
+                          r"r\.yaml:11:7: unknown parameter 'halflive' .*did you mean 'halflife'\?"),
+    "wrong parameter type": (GOOD.replace("halflife: 2s", "halflife: 2s\n      learning_rate: fast"),
+                             r"r\.yaml:12:22: parameter 'learning_rate' .* expected a number, got 'fast'"),
+    "unitless duration": (GOOD.replace("horizon: 1s", "horizon: 5"), r"r\.yaml:6:10: horizon: duration 5 has no unit"),
+    "unitless parameter duration": (GOOD.replace("halflife: 2s", "halflife: 2"),
+                                    r"r\.yaml:11:17: parameter 'halflife' .* has no unit"),
+    "missing data file": (GOOD.replace("path: {data}", "path: nowhere.csv"),
+                          r"r\.yaml:4:11: data file '.*nowhere\.csv' does not exist"),
+    "unknown top-level key": (GOOD + "modles: []\n", r"r\.yaml:12:1: unknown key 'modles' in the recipe, did you mean 'models'\?"),
+    "unknown source": (GOOD.replace("source: native", "source: nativ"), r"r\.yaml:3:13: unknown source 'nativ', did you mean 'native'\?"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(case, command, tmp_path, data_file):
+    text, pattern = CASES[case]
+    recipe = write(tmp_path, text.replace("{data}", str(data_file)))
+    out = tmp_path / "out"
+    args = [command, str(recipe)] + (["--out", str(out), "--quiet"] if command == "run" else [])
+    code, output = run_cli(*args)
+    assert code == 2, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert "Traceback" not in output
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not out.exists()
+
+
+def test_missing_recipe_file(tmp_path):
+    code, output = run_cli("validate", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "no such recipe file" in output
+
+
+def test_corrupt_data_file_is_exit_2_with_line(tmp_path, data_file):
+    with open(data_file, "a") as f:
+        f.write("123,123,trade,v,X,1,abc,1,,,,,,,,,,\n")
+    recipe = write(tmp_path, GOOD.replace("{data}", str(data_file)))
+    out = tmp_path / "out"
+    code, output = run_cli("run", str(recipe), "--out", str(out), "--quiet")
+    assert code == 2, output
+    assert re.search(r"events\.csv:3: column 'price': cannot read 'abc'", output), output
+    assert not out.exists()
+
+
+import re  # noqa: E402
+
+
+def test_good_recipe_validates(tmp_path, data_file):
+    recipe = write(tmp_path, GOOD.replace("{data}", str(data_file)))
+    code, output = run_cli("validate", str(recipe))
+    assert code == 0, output
+    assert "ok" in output.splitlines()[0]
