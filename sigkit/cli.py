@@ -73,7 +73,8 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool) -> None:
     outcome once its horizon has passed, and is scored against the causal running base rate.  Writes
     OUT/report.json (all metrics, versions, data span) and OUT/predictions.csv (one row per fill).
 
-    Stopping with Ctrl-C or SIGTERM writes both files for what was processed, marked incomplete.
+    Stopping with Ctrl-C or SIGTERM writes both files for what was processed, marked incomplete, and
+    exits with 128 + the signal number (130 or 143).
 
     \b
     Example:
@@ -102,9 +103,11 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool) -> None:
                    f"horizon {report['label']['horizon']}, base rate "
                    f"{'-' if data['base_rate'] is None else format(data['base_rate'], '.3f')}, "
                    f"{report['timing']['events_per_s'] or '-'} events/s")
+    click.echo(f"wrote {report_path} and {predictions_path}", err=quiet)
     if not result.completed:
         click.echo(f"run stopped: {result.stop_reason}; wrote what was processed, report marked incomplete", err=True)
-    click.echo(f"wrote {report_path} and {predictions_path}", err=quiet)
+        # The shell convention for a process ended by a signal: 128 + its number (143 SIGTERM, 130 Ctrl-C).
+        sys.exit(128 + (stop.signum or signal.SIGINT))
 
 
 def _plugins_used(recipe) -> list[dict]:
@@ -126,6 +129,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self._reason: str | None = None
+        self.signum: int | None = None
 
     def reason(self) -> str | None:
         return self._reason
@@ -133,6 +137,7 @@ class _StopFlag:
     def _handle(self, signum, frame) -> None:
         if self._reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        self.signum = signum
         self._reason = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
 
     def installed(self):

@@ -402,8 +402,9 @@ class _State:
         while pending and pending[0][0] < now_ns:
             _due, _seq, index, hi = heapq.heappop(pending)
             query = self.queries[index]
-            if mid != mid:  # no target book yet: this fill cannot be labelled
-                self.member_preds.pop(index, None)
+            if mid != mid:  # no target book yet: no markout at this horizon
+                if hi == self.primary:
+                    self.member_preds.pop(index, None)
                 continue
             if hi != self.primary:
                 self.markouts[hi][index] = markout_bps(query.side, query.price, mid)

@@ -58,7 +58,7 @@ EVENT_DTYPE = np.dtype(
     ]
 )
 
-_FLOAT_FIELDS = [name for name in EVENT_DTYPE.names if EVENT_DTYPE[name].kind == "f"]
+_FLOAT_FIELDS = [name for name in EVENT_DTYPE.names if EVENT_DTYPE[name].base.kind == "f"]
 
 
 def empty_chunk(n: int) -> np.ndarray:
