@@ -60,6 +60,8 @@ class OnlineLogistic:
 
     ``p = sigmoid(b + w.x)``; each update moves ``w`` by ``-lr * ((p - y) x + l2 w)`` and ``b`` by
     ``-intercept_lr * (p - y)`` (METHODS.md §6.1).  A larger intercept step absorbs base-rate drift.
+    ``offset`` is a known log-odds added to the decision (e.g. the logit of a running base rate), so the
+    fit learns only what the features add to it.
     """
 
     def __init__(self, n_features: int, *, learning_rate: float = 0.05, l2: float = 0.0,
@@ -74,17 +76,17 @@ class OnlineLogistic:
         self.l2 = l2
         self.n_updates = 0
 
-    def decision(self, x: Sequence[float]) -> float:
-        z = self.intercept
+    def decision(self, x: Sequence[float], offset: float = 0.0) -> float:
+        z = self.intercept + offset
         for w, v in zip(self.weights, x):
             z += w * v
         return z
 
-    def predict(self, x: Sequence[float]) -> float:
-        return sigmoid(self.decision(x))
+    def predict(self, x: Sequence[float], offset: float = 0.0) -> float:
+        return sigmoid(self.decision(x, offset))
 
-    def update(self, x: Sequence[float], y: float) -> None:
-        error = self.predict(x) - y
+    def update(self, x: Sequence[float], y: float, offset: float = 0.0) -> None:
+        error = self.predict(x, offset) - y
         lr, l2 = self.learning_rate, self.l2
         self.weights = [w - lr * (error * v + l2 * w) for w, v in zip(self.weights, x)]
         self.intercept -= self.intercept_learning_rate * error

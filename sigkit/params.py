@@ -200,6 +200,9 @@ def _scalar(tp: Any, value: Any, is_duration: bool) -> Any:
             raise ValueError(f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
+        if value is None:
+            raise TypeError("expected a string, got nothing: YAML reads a bare null or ~ as no value; "
+                            "quote it, e.g. \"null\"")
         if not isinstance(value, str):
             raise TypeError(f"expected a string, got {value!r}")
         return value

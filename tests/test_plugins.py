@@ -127,6 +127,8 @@ def test_params_convert_durations_and_refuse_bad_values():
     p = build_params(P, {"window": "250ms", "scales": ["10ms", "2s"], "rate": 1}, owner="x")
     assert p.window_ns == 250_000_000 and p.scales_ns == (10_000_000, 2_000_000_000) and p.rate == 1.0
     assert build_params(P, {}, owner="x").scales_ns == (100_000_000, 1_000_000_000)
+    with pytest.raises(ParamError, match='quote it'):
+        build_params(P, {"mode": None}, owner="x")
     for bad in ({"window": 5}, {"rate": "x"}, {"rate": True}, {"mode": "c"}, {"scales": "1s"}, {"windo": "1s"}):
         with pytest.raises(ParamError):
             build_params(P, bad, owner="x")

@@ -44,7 +44,7 @@ class BaseRate:
 @attrs.frozen
 class FlowParams:
     halflife_ns: int = sigkit.duration("2s", doc="half-life of the signed and total trade-volume averages")
-    learning_rate: float = sigkit.param(0.05, doc="SGD step of the online logistic fit")
+    learning_rate: float = sigkit.param(0.02, doc="SGD step of the online logistic fit")
     l2: float = sigkit.param(0.0, doc="L2 penalty of the online logistic fit")
     evidence: float = sigkit.param(200.0, doc="outcomes after which confidence reaches 0.5", unit="outcomes")
 
@@ -54,8 +54,9 @@ class Flow:
 
     Features at a fill (aggressor side ``a = -fill side``; flow imbalance ``imb`` = EW signed volume / EW
     volume over the target's trades, in [-1, 1]): ``a * imb`` (is the aggressor trading with the recent
-    flow?) and ``|imb|`` (how one-sided is the flow?).  An online logistic regression maps them to
-    P(adverse); it learns from every delivered outcome.
+    flow?) and ``|imb|`` (how one-sided is the flow?).  An online logistic regression on top of the logit
+    of the causal base rate maps them to P(adverse), so with uninformative flow it falls back to the base
+    rate instead of adding noise; it learns from every delivered outcome.
     """
 
     def __init__(self, params: FlowParams, context: sigkit.RunContext):
@@ -65,9 +66,11 @@ class Flow:
         self.signed = 0.0
         self.volume = 0.0
         self.last_ts = None
-        self.model = sigkit.OnlineLogistic(2, learning_rate=params.learning_rate, l2=params.l2)
+        self.model = sigkit.OnlineLogistic(2, learning_rate=params.learning_rate, l2=params.l2,
+                                           intercept_learning_rate=0.0)
+        self.base_rate = sigkit.RunningBaseRate()
         self.cost = sigkit.ConditionalCost()
-        self.pending: dict[int, tuple[sigkit.FillQuery, list[float]]] = {}
+        self.pending: dict[int, tuple[list[float], float]] = {}  # id(fill) -> (features, offset)
 
     def _decay_to(self, ts_ns: int) -> None:
         if self.last_ts is not None and ts_ns > self.last_ts:
@@ -90,15 +93,18 @@ class Flow:
 
     def predict(self, query: sigkit.FillQuery) -> sigkit.Prediction:
         x = self.features(query)
-        self.pending[id(query)] = (query, x)
-        p = self.model.predict(x)
+        offset = sigkit.logit(self.base_rate.rate)
+        self.pending[id(query)] = (x, offset)
+        p = self.model.predict(x, offset)
         return sigkit.Prediction(p, sigkit.evidence_confidence(self.model.n_updates, self.params.evidence),
                                  self.cost.expected(p))
 
     def record_outcome(self, outcome: sigkit.Outcome) -> None:
         entry = self.pending.pop(id(outcome.fill), None)
+        y = 1.0 if outcome.was_adverse else 0.0
         if entry is not None:
-            self.model.update(entry[1], 1.0 if outcome.was_adverse else 0.0)
+            self.model.update(entry[0], y, entry[1])
+        self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)
         self.cost.update(outcome.was_adverse, outcome.realized_as_bps)
 
 

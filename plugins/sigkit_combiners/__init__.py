@@ -75,8 +75,8 @@ class Logit:
 
 @attrs.frozen
 class StackingParams:
-    learning_rate: float = sigkit.param(0.01, doc="SGD step on the member log-odds weights")
-    intercept_learning_rate: float = sigkit.param(0.02, doc="SGD step of the intercept (absorbs base-rate drift)")
+    learning_rate: float = sigkit.param(0.005, doc="SGD step on the member log-odds weights")
+    intercept_learning_rate: float = sigkit.param(0.002, doc="SGD step of the intercept (absorbs base-rate drift)")
     l2: float = sigkit.param(0.0, doc="L2 penalty on the weights")
     evidence: float = sigkit.param(200.0, doc="outcomes after which the stacker's own confidence reaches 0.5",
                                    unit="outcomes")
