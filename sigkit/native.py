@@ -37,13 +37,16 @@ _KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 _KIND_TEXT = np.array(["", KIND_NAMES[TRADE], KIND_NAMES[BOOK], KIND_NAMES[STAT], KIND_NAMES[FILL]])
 
 
-def open_text(path: Path, mode: str = "rt"):
-    """Open plain or ``.gz`` text.  (Other compressions belong to the source plugins that need them.)"""
-    if str(path).endswith(".gz"):
+def open_text(path: Path, mode: str = "rt", *, gz: bool | None = None):
+    """Open plain or gzipped text (``gz`` defaults to the ``.gz`` suffix).  Other compressions belong to the
+    source plugins that need them."""
+    if gz is None:
+        gz = str(path).endswith(".gz")
+    if gz:
         if "w" in mode:
             raw = open(path, "wb")  # noqa: SIM115 - closed with the gzip wrapper
-            # mtime=0 keeps the bytes identical for identical content.
-            return io.TextIOWrapper(gzip.GzipFile(fileobj=raw, mode="wb", mtime=0), encoding="utf-8",
+            # No name and mtime=0 in the header: identical content gives identical bytes.
+            return io.TextIOWrapper(gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0), encoding="utf-8",
                                     newline="")
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return open(path, mode, encoding="utf-8", newline="")
@@ -89,7 +92,7 @@ def write_native(path: str | Path, chunks: Iterable[np.ndarray], metadata: dict 
     tmp = path.with_name(path.name + ".partial")
     rows = 0
     try:
-        with open_text(tmp, "w") as out:
+        with open_text(tmp, "w", gz=str(path).endswith(".gz")) as out:
             meta = " ".join(f"{k}={v}" for k, v in (metadata or {}).items())
             out.write(f"{MAGIC} {meta}".rstrip() + "\n")
             out.write(",".join(COLUMNS) + "\n")
