@@ -130,3 +130,25 @@ def test_sigterm_writes_what_it_has_and_says_so(tmp_path):
     rows = (out / "predictions.csv").read_text().splitlines()
     assert len(rows) - 1 == report["data"]["fills"]
     assert not list(Path(out).glob("*.partial"))
+
+
+def test_confidence_filter_selects_what_is_scored_and_reports_coverage(tmp_path):
+    path = recipe_file(tmp_path, duration="4m")
+    path.write_text(path.read_text() + "evaluation:\n  min_confidence: 0.5\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    import csv
+
+    rows = [r for r in csv.DictReader((out / "predictions.csv").open()) if r["was_adverse"] != ""]
+    flow = report["scores"]["flow"]
+    # flow's confidence is n/(n+200): the first ~200 outcomes are below 0.5 and are not scored...
+    assert 0.5 < flow["coverage"] < 1.0
+    assert flow["n"] == round(flow["coverage"] * len(rows))
+    # ...yet the model learned from them: its confidence could only rise because outcomes kept arriving.
+    # The reference is scored on the same subset: recompute it from the kept rows.
+    kept = rows[len(rows) - flow["n"]:]
+    ref = sum((float(r["p_ref"]) - float(r["was_adverse"])) ** 2 for r in kept) / len(kept)
+    assert flow["brier_ref"] == pytest.approx(ref, abs=1e-12)
+    assert report["scores"]["base_rate"]["coverage"] < 1.0
