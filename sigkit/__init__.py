@@ -11,7 +11,7 @@ from sigkit.context import Market, RunContext
 from sigkit.errors import DataError, DurationError, ModelError, PluginError, RecipeError, SigkitError
 from sigkit.events import (
     ASK, BID, BOOK, BUY, DEPTH_LEVELS, EVENT_DTYPE, FILL, SELL, STAT, TRADE, BookUpdate, FillQuery,
-    MarketStat, Outcome, Prediction, Trade, empty_chunk, row_to_record,
+    MarketStat, Outcome, Prediction, Trade, empty_chunk, new_rows, row_to_record,
 )
 from sigkit.hookspecs import hookimpl
 from sigkit.labels import label_outcome, markout_bps
@@ -43,5 +43,5 @@ __all__ = [
     "Market", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PluginError",
     "Prediction", "RecipeError", "RunContext", "RunningBaseRate", "SigkitError", "SourceSpec", "Trade",
     "duration", "empty_chunk", "evidence_confidence", "format_duration", "hookimpl", "label_outcome",
-    "logit", "markout_bps", "param", "parse_duration", "path", "row_to_record", "sigmoid",
+    "logit", "markout_bps", "new_rows", "param", "parse_duration", "path", "row_to_record", "sigmoid",
 ]

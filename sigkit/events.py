@@ -69,6 +69,17 @@ def empty_chunk(n: int) -> np.ndarray:
     return chunk
 
 
+def new_rows(kind: int, venue: str, symbol: str, ts_ns) -> np.ndarray:
+    """Rows of one kind and market at the given times (``exch_ts_ns = ts_ns``), other columns at fill values."""
+    rows = empty_chunk(len(ts_ns))
+    rows["ts_ns"] = ts_ns
+    rows["exch_ts_ns"] = ts_ns
+    rows["kind"] = kind
+    rows["venue"] = venue
+    rows["symbol"] = symbol
+    return rows
+
+
 def _nan() -> float:
     return math.nan
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sigkit.errors import DataError
-from sigkit.events import BOOK, DEPTH_LEVELS, FILL, KIND_NAMES, STAT, TRADE, empty_chunk
+from sigkit.events import BOOK, DEPTH_LEVELS, FILL, KIND_NAMES, STAT, TRADE, empty_chunk, new_rows
 
 MAGIC = "# sigkit-native v1"
 COLUMNS = ["ts_ns", "exch_ts_ns", "kind", "venue", "symbol", "side", "price", "size", "bid_px", "bid_sz",
@@ -249,13 +249,8 @@ def read_fills_csv(path: str | Path, *, venue: str, symbol: str, chunk_rows: int
 
 
 def _fill_chunk(rows, venue: str, symbol: str) -> np.ndarray:
-    chunk = empty_chunk(len(rows))
     ts, side, price, size = zip(*rows)
-    chunk["ts_ns"] = ts
-    chunk["exch_ts_ns"] = ts
-    chunk["kind"] = FILL
-    chunk["venue"] = venue
-    chunk["symbol"] = symbol
+    chunk = new_rows(FILL, venue, symbol, ts)
     chunk["side"] = side
     chunk["price"] = price
     chunk["size"] = size

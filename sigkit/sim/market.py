@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import attrs
 import numpy as np
 
-from sigkit.events import BOOK, STAT, TRADE, empty_chunk
+from sigkit.events import BOOK, STAT, TRADE, new_rows
 from sigkit.sim.clock import (
     IMPACT_DELAY_NS, NOISE_DOWN_OFFSET_NS, NOISE_UP_OFFSET_NS, NS_PER_S, SLOT_NS,
     STAT_OFFSET_NS, TRADE_OFFSET_NS, draw_slots, slot_count, slot_prob, sum_between,
@@ -288,14 +288,14 @@ def _block_rows(spec: MarketSpec, seed: int, block: int, origin_ns: int, horizon
     if spec.crowding is not None:
         liq_ts, liq_side, liq_size = liq
         liq_level = _level_at(liq_ts, move_ts, levels, carry.level)
-        rows = _rows(STAT, TARGET_VENUE, TARGET_SYMBOL, liq_ts)
+        rows = new_rows(STAT, TARGET_VENUE, TARGET_SYMBOL, liq_ts)
         rows["side"] = liq_side
         rows["price"] = np.where(liq_side > 0, liq_level + 1, liq_level) * spec.tick
         rows["size"] = liq_size
         parts.append((rows, _RANK_LIQUIDATION))
         stat_ts = lo_ns + np.arange(len(states), dtype=np.int64) * spec.crowding.boundary_ns + STAT_OFFSET_NS
         oi, funding = spec.crowding.market_stats(_stream(spec, seed, _STATS, block), states)
-        rows = _rows(STAT, TARGET_VENUE, TARGET_SYMBOL, stat_ts)
+        rows = new_rows(STAT, TARGET_VENUE, TARGET_SYMBOL, stat_ts)
         rows["open_interest"], rows["funding_rate"] = oi, funding
         rows["mark_price"] = (_level_at(stat_ts, move_ts, levels, carry.level) + 0.5) * spec.tick
         parts.append((rows, _RANK_STAT))
@@ -332,18 +332,8 @@ def adverse_ticks(aggressor: np.ndarray, level: np.ndarray, tick: float, thresho
     return candidates[np.arange(len(level)), np.argmax(adverse, axis=1)]
 
 
-def _rows(kind: int, venue: str, symbol: str, ts: np.ndarray) -> np.ndarray:
-    rows = empty_chunk(len(ts))
-    rows["ts_ns"] = ts
-    rows["exch_ts_ns"] = ts
-    rows["kind"] = kind
-    rows["venue"] = venue
-    rows["symbol"] = symbol
-    return rows
-
-
 def _book_rows(venue, symbol, ts, levels, tick, rng) -> np.ndarray:
-    rows = _rows(BOOK, venue, symbol, ts)
+    rows = new_rows(BOOK, venue, symbol, ts)
     rows["bid_px"] = levels * tick
     rows["ask_px"] = (levels + 1) * tick
     rows["bid_sz"] = np.round(rng.lognormal(np.log(2.0), 0.7, len(ts)) + 0.001, 3)
@@ -352,7 +342,7 @@ def _book_rows(venue, symbol, ts, levels, tick, rng) -> np.ndarray:
 
 
 def _trade_rows(venue, symbol, ts, side, price, size) -> np.ndarray:
-    rows = _rows(TRADE, venue, symbol, ts)
+    rows = new_rows(TRADE, venue, symbol, ts)
     rows["side"] = side
     rows["price"] = price
     rows["size"] = size
