@@ -16,7 +16,7 @@ from sigkit.events import (
 from sigkit.hookspecs import hookimpl
 from sigkit.labels import label_outcome, markout_bps
 from sigkit.learn import (
-    ConditionalCost, OnlineLogistic, RunningBaseRate, evidence_confidence, logit, sigmoid,
+    REGIME_DIMENSIONS, ConditionalCost, OnlineLogistic, RegimeTracker, RunningBaseRate, evidence_confidence, logit, sigmoid,
 )
 from sigkit.params import duration, param, path
 from sigkit.plugins import CombinerSpec, ModelSpec, SourceSpec
@@ -38,10 +38,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'sigkit' has no attribute {name!r}")
 
 __all__ = [
-    "ASK", "BID", "BOOK", "BUY", "DEPTH_LEVELS", "EVENT_DTYPE", "FILL", "SELL", "STAT",
+    "REGIME_DIMENSIONS", "ASK", "BID", "BOOK", "BUY", "DEPTH_LEVELS", "EVENT_DTYPE", "FILL", "SELL", "STAT",
     "TRADE", "BookUpdate", "CombinerSpec", "ConditionalCost", "DataError", "DurationError", "FillQuery",
     "Market", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PluginError",
-    "Prediction", "RecipeError", "RunContext", "RunningBaseRate", "SigkitError", "SourceSpec", "Trade",
+    "Prediction", "RecipeError", "RegimeTracker", "RunContext", "RunningBaseRate", "SigkitError", "SourceSpec", "Trade",
     "duration", "empty_chunk", "evidence_confidence", "format_duration", "hookimpl", "label_outcome",
     "logit", "markout_bps", "new_rows", "param", "parse_duration", "path", "row_to_record", "sigmoid",
 ]

@@ -220,12 +220,13 @@ class _State:
         self.replay = replay
         self.target = replay.target
         self.labelling = replay.labelling
-        hooks = replay._hooks
+        # A combiner may follow the market too (e.g. for regimes); it hears each event after the models.
+        hooks = replay._hooks + ([replay.combiner[0]] if replay.combiner is not None else [])
         self.trade_handlers = [h["on_trade"] for h in hooks if "on_trade" in h]
         self.book_handlers = [h["on_book_update"] for h in hooks if "on_book_update" in h]
         self.stat_handlers = [h["on_market_stat"] for h in hooks if "on_market_stat" in h]
-        self.predictors = [h["predict"] for h in hooks]
-        self.outcome_handlers = [h["record_outcome"] for h in hooks if "record_outcome" in h]
+        self.predictors = [h["predict"] for h in replay._hooks]
+        self.outcome_handlers = [h["record_outcome"] for h in replay._hooks if "record_outcome" in h]
         if replay.combiner is not None:
             chooks, self.member_index = replay.combiner
             self.combine = chooks["combine"]

@@ -135,7 +135,23 @@ class ModelHooks:
 
 
 class CombinerHooks:
-    """The methods of an ensemble combiner instance.  ``combine`` is required."""
+    """The methods of an ensemble combiner instance.  ``combine`` is required.
+
+    A combiner may also follow the market, e.g. to weight members by regime: it receives every event
+    through the same ``on_trade``, ``on_book_update`` and ``on_market_stat`` as a model, after the models.
+    """
+
+    @instance_hookspec
+    def on_trade(self, trade: Trade) -> None:
+        """A public trade happened (as for a model)."""
+
+    @instance_hookspec
+    def on_book_update(self, book: BookUpdate) -> None:
+        """The top of a book changed (as for a model)."""
+
+    @instance_hookspec
+    def on_market_stat(self, stat: MarketStat) -> None:
+        """A market statistic was published (as for a model)."""
 
     @instance_hookspec(firstresult=True)
     def combine(self, query: FillQuery, predictions: Sequence[Prediction]) -> Prediction:

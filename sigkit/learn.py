@@ -116,3 +116,77 @@ class ConditionalCost:
 def evidence_confidence(n_outcomes: int, half_evidence: float) -> float:
     """A confidence in [0, 1) that grows with evidence: 0.5 after ``half_evidence`` outcomes."""
     return n_outcomes / (n_outcomes + half_evidence)
+
+
+REGIME_DIMENSIONS = ("volatility", "spread")
+
+
+class RegimeTracker:
+    """Volatility and spread regimes of one market, from its book updates in event time.
+
+    Each dimension compares a fast exponentially weighted estimate with a slow one: volatility is the
+    rate of squared mid returns (bps² per second), spread the average quoted spread (bps).  A dimension
+    is "high" (1) when the fast estimate exceeds ``ratio`` times the slow one (the margin keeps the
+    ordinary jitter of a fast estimate just after an event from counting as a regime change).  :meth:`state` packs the chosen dimensions
+    into an integer in ``range(2 ** len(dimensions))``, the first dimension in the lowest bit.
+    """
+
+    def __init__(self, venue: str, symbol: str, *, dimensions: Sequence[str] = REGIME_DIMENSIONS,
+                 fast_halflife_ns: int = 5_000_000_000, slow_halflife_ns: int = 300_000_000_000,
+                 ratio: float = 1.5):
+        unknown = [d for d in dimensions if d not in REGIME_DIMENSIONS]
+        if unknown:
+            raise ValueError(f"unknown regime dimension {unknown[0]!r}; known: {', '.join(REGIME_DIMENSIONS)}")
+        self.venue, self.symbol = venue, symbol
+        self.dimensions = tuple(dimensions)
+        self.ratio = ratio
+        self._rates = (math.log(2.0) / fast_halflife_ns, math.log(2.0) / slow_halflife_ns)
+        self._var = [0.0, 0.0]  # decayed sums of squared returns
+        self._spread = [0.0, 0.0]  # decayed sums of spread
+        self._weight = [0.0, 0.0]  # decayed counts of spread observations
+        self._last_ts = None
+        self._last_mid = None
+
+    @property
+    def n_states(self) -> int:
+        return 2 ** len(self.dimensions)
+
+    def _decay(self, ts_ns: int) -> None:
+        if self._last_ts is not None and ts_ns > self._last_ts:
+            dt = ts_ns - self._last_ts
+            for k, rate in enumerate(self._rates):
+                keep = math.exp(-rate * dt)
+                self._var[k] *= keep
+                self._spread[k] *= keep
+                self._weight[k] *= keep
+        if self._last_ts is None or ts_ns > self._last_ts:
+            self._last_ts = ts_ns
+
+    def on_book_update(self, book) -> None:
+        if book.venue != self.venue or book.symbol != self.symbol:
+            return
+        mid = 0.5 * (book.bid_px + book.ask_px)
+        if not mid > 0:
+            return
+        self._decay(book.ts_ns)
+        spread_bps = (book.ask_px - book.bid_px) / mid * 1e4
+        squared = (math.log(mid / self._last_mid) * 1e4) ** 2 if self._last_mid else 0.0
+        for k in range(2):
+            self._var[k] += squared
+            self._spread[k] += spread_bps
+            self._weight[k] += 1.0
+        self._last_mid = mid
+
+    def state(self, ts_ns: int) -> int:
+        """The regime at ``ts_ns`` (no later than the next event): 0 when nothing has been seen."""
+        self._decay(ts_ns)
+        state = 0
+        for bit, dim in enumerate(self.dimensions):
+            if dim == "volatility":
+                # Decayed sums over their own time constants are rates per unit time.
+                high = self._var[0] * self._rates[0] > self._var[1] * self._rates[1] * self.ratio
+            else:
+                high = (self._weight[0] > 0 and self._weight[1] > 0
+                        and self._spread[0] / self._weight[0] > self._spread[1] / self._weight[1] * self.ratio)
+            state |= int(high) << bit
+        return state

@@ -174,7 +174,12 @@ def _convert(field: attrs.Attribute, value: Any) -> Any:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise TypeError(f"expected a list, got {value!r}")
         item_tp = args[0]
-        return tuple(_scalar(item_tp, v, is_duration) for v in value)
+        items = tuple(_scalar(item_tp, v, is_duration) for v in value)
+        for item in items:
+            if choices and item not in choices:
+                raise ValueError(f"{item!r} is not one of {', '.join(map(str, choices))}"
+                                 + suggest(str(item), map(str, choices)))
+        return items
     converted = _scalar(tp, value, is_duration)
     if choices and converted not in choices:
         raise ValueError(f"{value!r} is not one of {', '.join(map(str, choices))}"

@@ -219,7 +219,7 @@ def _registrar(registry: Registry, kind: str, info: PluginInfo) -> Callable[[_Sp
 
 _HOOK_PREFIXES = {
     "model": ("on_", "predict", "record_"),
-    "combiner": ("combine", "record_"),
+    "combiner": ("combine", "record_", "on_"),
     "source": ("chunks", "span", "describe"),
 }
 

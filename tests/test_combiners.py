@@ -61,3 +61,75 @@ def test_stacking_learns_which_member_to_trust():
     after_benign = stack.combine(Q, preds(0.2, 0.5)).p_adverse
     assert after_adverse > before and after_benign < 0.2
     assert stack.model.weights[0] > stack.model.weights[1]
+
+
+def _book(ts, mid, spread=1.0):
+    return sigkit.BookUpdate(ts, "v", "X", mid - spread / 2, 1.0, mid + spread / 2, 1.0)
+
+
+def test_regime_tracker_sees_volatility_and_spread_rise():
+    tracker = sigkit.RegimeTracker("v", "X", fast_halflife_ns=10**9, slow_halflife_ns=60 * 10**9)
+    t = 0
+    for i in range(600):  # ten calm minutes: one tick a second
+        t += 10**9
+        tracker.on_book_update(_book(t, 100.0 + (i % 2)))
+    assert tracker.state(t) == 0
+    for i in range(20):  # a burst: five ticks every 100 ms
+        t += 10**8
+        tracker.on_book_update(_book(t, 100.0 + 5 * (i % 2)))
+    assert tracker.state(t) & 1  # volatility high
+    for i in range(20):
+        t += 10**8
+        tracker.on_book_update(_book(t, 100.0, spread=3.0))
+    assert tracker.state(t) & 2  # spread wide
+    other = sigkit.RegimeTracker("v", "Y")
+    other.on_book_update(_book(1, 100.0))
+    assert other.state(2) == 0  # another market's books are ignored
+
+
+def test_unknown_regime_dimension_is_refused_at_validation():
+    from sigkit.params import ParamError, build_params
+
+    spec = REGISTRY.combiners["stacking"]
+    with pytest.raises(ParamError, match="did you mean 'volatility'"):
+        build_params(spec.params, {"regimes": ["volatilty"]}, owner="combiner 'stacking'")
+
+
+def test_regime_stacking_learns_different_weights_per_regime():
+    stack = make("stacking", learning_rate=0.05, regimes=("volatility",), regime_fast_ns=10**9, regime_slow_ns=60 * 10**9)
+    t = 0
+
+    def query_at(ts):
+        return sigkit.FillQuery(ts, "v", "X", 1, 100.0, 1.0)
+
+    def teach(trusted: int, n: int):
+        nonlocal t
+        for _ in range(n):
+            for adverse in (True, False):
+                t += 10**8
+                q = query_at(t)
+                good = 0.8 if adverse else 0.2
+                members = preds(good, 0.5) if trusted == 0 else preds(0.5, good)
+                stack.combine(q, members)
+                stack.record_outcome(sigkit.Outcome(q, 10**9, 100.0, 0.0, adverse, 0.0), members)
+
+    for i in range(600):  # calm: member a is the informative one
+        t += 10**9
+        stack.on_book_update(_book(t, 100.0 + (i % 2)))
+        if i % 3 == 0:
+            teach(0, 1)
+    calm = stack.tracker.state(t)
+    for i in range(400):  # volatile: member b is
+        t += 10**8
+        stack.on_book_update(_book(t, 100.0 + 5 * (i % 2)))
+        if i % 2 == 0:
+            teach(1, 1)
+    volatile = stack.tracker.state(t)
+    assert calm == 0 and volatile == 1
+    assert stack.models[0].weights[0] > stack.models[0].weights[1]
+    assert stack.models[1].weights[1] > stack.models[1].weights[0]
+
+
+def test_regime_hedge_keeps_one_weight_vector_per_state():
+    hedge = make("hedge", regimes=("volatility", "spread"))
+    assert len(hedge.by_state) == 4

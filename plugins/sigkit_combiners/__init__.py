@@ -80,29 +80,66 @@ class StackingParams:
     l2: float = sigkit.param(0.0, doc="L2 penalty on the weights")
     evidence: float = sigkit.param(200.0, doc="outcomes after which the stacker's own confidence reaches 0.5",
                                    unit="outcomes")
+    regimes: tuple[str, ...] = sigkit.param(
+        (), doc="regime dimensions of the target market (volatility, spread); each regime state learns its own "
+                "weights. Empty: one set of weights", choices=sigkit.REGIME_DIMENSIONS)
+    regime_fast_ns: int = sigkit.duration("5s", doc="half-life of the fast regime estimates")
+    regime_slow_ns: int = sigkit.duration("5m", doc="half-life of the slow baselines they are compared with")
 
 
-class Stacking:
+class _RegimeAware:
+    """Shared by the learning combiners: follows the target's regime and remembers it for each fill."""
+
+    def _init_regimes(self, params, context: sigkit.RunContext) -> int:
+        self.tracker = None
+        self.pending_state: dict[int, int] = {}
+        if not params.regimes:
+            return 1
+        try:
+            self.tracker = sigkit.RegimeTracker(context.target.venue, context.target.symbol,
+                                                dimensions=params.regimes, fast_halflife_ns=params.regime_fast_ns,
+                                                slow_halflife_ns=params.regime_slow_ns)
+        except ValueError as err:
+            raise sigkit.ModelError(str(err)) from None
+        return self.tracker.n_states
+
+    def on_book_update(self, book):
+        if self.tracker is not None:
+            self.tracker.on_book_update(book)
+
+    def _state_for(self, query) -> int:
+        state = self.tracker.state(query.ts_ns) if self.tracker is not None else 0
+        self.pending_state[id(query)] = state
+        return state
+
+    def _state_of(self, outcome) -> int:
+        return self.pending_state.pop(id(outcome.fill), 0)
+
+
+class Stacking(_RegimeAware):
     """Online logistic regression on the members' log-odds, starting as the equal-weight logit pool and
-    learning only from delivered outcomes."""
+    learning only from delivered outcomes; with ``regimes``, one regression per regime state."""
 
     def __init__(self, params: StackingParams, context: sigkit.RunContext):
         k = len(context.members)
         self.params = params
-        self.model = sigkit.OnlineLogistic(k, learning_rate=params.learning_rate, l2=params.l2,
-                                           intercept_learning_rate=params.intercept_learning_rate,
-                                           weights=[1.0 / k] * k)
+        self.models = [
+            sigkit.OnlineLogistic(k, learning_rate=params.learning_rate, l2=params.l2,
+                                  intercept_learning_rate=params.intercept_learning_rate, weights=[1.0 / k] * k)
+            for _ in range(self._init_regimes(params, context))]
+        self.model = self.models[0]
         self.equal = [1.0 / k] * k
 
     def combine(self, query, predictions):
+        model = self.models[self._state_for(query)]
         x = [sigkit.logit(p.p_adverse) for p in predictions]
-        own = sigkit.evidence_confidence(self.model.n_updates, self.params.evidence)
-        return sigkit.Prediction(self.model.predict(x), own * _mean_confidence(predictions, self.equal),
+        own = sigkit.evidence_confidence(model.n_updates, self.params.evidence)
+        return sigkit.Prediction(model.predict(x), own * _mean_confidence(predictions, self.equal),
                                  _pooled_cost(predictions, self.equal))
 
     def record_outcome(self, outcome, predictions):
         x = [sigkit.logit(p.p_adverse) for p in predictions]
-        self.model.update(x, 1.0 if outcome.was_adverse else 0.0)
+        self.models[self._state_of(outcome)].update(x, 1.0 if outcome.was_adverse else 0.0)
 
 
 @attrs.frozen
@@ -110,33 +147,46 @@ class HedgeParams:
     eta: float = sigkit.param(2.0, doc="learning rate of the exponential weights")
     share: float = sigkit.param(0.01, doc="fixed share mixed back each step so a model can regain weight")
     loss: str = sigkit.param("brier", doc="loss that drives the weights", choices=("brier", "log"))
+    regimes: tuple[str, ...] = sigkit.param(
+        (), doc="regime dimensions of the target market (volatility, spread); each regime state keeps its own "
+                "weights. Empty: one set of weights", choices=sigkit.REGIME_DIMENSIONS)
+    regime_fast_ns: int = sigkit.duration("5s", doc="half-life of the fast regime estimates")
+    regime_slow_ns: int = sigkit.duration("5m", doc="half-life of the slow baselines they are compared with")
 
 
-class Hedge:
-    """Exponential weights with fixed share (Herbster & Warmuth 1998) over the member probabilities."""
+class Hedge(_RegimeAware):
+    """Exponential weights with fixed share (Herbster & Warmuth 1998) over the member probabilities; with
+    ``regimes``, one weight vector per regime state (sleeping experts)."""
 
     def __init__(self, params: HedgeParams, context: sigkit.RunContext):
         if not 0 <= params.share < 1:
             raise sigkit.ModelError(f"hedge: share must be in [0, 1), got {params.share}")
         k = len(context.members)
         self.params = params
-        self.weights = [1.0 / k] * k
+        self.by_state = [[1.0 / k] * k for _ in range(self._init_regimes(params, context))]
+
+    @property
+    def weights(self) -> list[float]:
+        """The weights of regime state 0 (the only state without regimes)."""
+        return self.by_state[0]
 
     def combine(self, query, predictions):
-        p = sum(w * x.p_adverse for w, x in zip(self.weights, predictions))
-        return sigkit.Prediction(p, _mean_confidence(predictions, self.weights), _pooled_cost(predictions, self.weights))
+        weights = self.by_state[self._state_for(query)]
+        p = sum(w * x.p_adverse for w, x in zip(weights, predictions))
+        return sigkit.Prediction(p, _mean_confidence(predictions, weights), _pooled_cost(predictions, weights))
 
     def record_outcome(self, outcome, predictions):
+        state = self._state_of(outcome)
         y = 1.0 if outcome.was_adverse else 0.0
         if self.params.loss == "brier":
             losses = [(x.p_adverse - y) ** 2 for x in predictions]
         else:
             losses = [-math.log(min(max(x.p_adverse if y else 1.0 - x.p_adverse, 1e-12), 1.0)) for x in predictions]
         base = min(losses)  # subtracting the best loss keeps exp() in range
-        raw = [w * math.exp(-self.params.eta * (loss - base)) for w, loss in zip(self.weights, losses)]
+        raw = [w * math.exp(-self.params.eta * (loss - base)) for w, loss in zip(self.by_state[state], losses)]
         total = sum(raw)
         k, share = len(raw), self.params.share
-        self.weights = [(1.0 - share) * w / total + share / k for w in raw]
+        self.by_state[state] = [(1.0 - share) * w / total + share / k for w in raw]
 
 
 @sigkit.hookimpl
