@@ -61,6 +61,7 @@ class RunResult:
     events: dict[str, int]
     first_ts_ns: int | None
     last_ts_ns: int | None
+    states: dict[str, dict]  # id (or "ensemble") -> what describe() said at the end
     completed: bool
     stop_reason: str | None
     elapsed_s: float
@@ -447,8 +448,12 @@ class _State:
             predictions["ensemble"] = {"p": np.array(self.ens_p, dtype=float),
                                        "confidence": np.array(self.ens_conf, dtype=float),
                                        "cost_bps": np.array(self.ens_cost, dtype=float)}
+        states = {mid: hooks["describe"]() for mid, hooks in zip(self.replay.model_ids, self.replay._hooks)
+                  if "describe" in hooks}
+        if self.replay.combiner is not None and "describe" in self.replay.combiner[0]:
+            states["ensemble"] = self.replay.combiner[0]["describe"]()
         return RunResult(
-            model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions,
+            model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=states,
             markout_horizons_ns=self.horizons, events=dict(self.events), first_ts_ns=self.first_ts,
             last_ts_ns=self.last_ts, completed=completed, stop_reason=stop_reason, elapsed_s=elapsed_s,
         )

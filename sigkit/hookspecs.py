@@ -134,6 +134,14 @@ class ModelHooks:
         """
 
 
+    @instance_hookspec(firstresult=True)
+    def describe(self) -> dict:
+        """A JSON-ready summary of what the model has learned (weights, an estimated lag, ...).
+
+        Called once at the end of a run; the report records it under ``models.<id>.state``.
+        """
+
+
 class CombinerHooks:
     """The methods of an ensemble combiner instance.  ``combine`` is required.
 
@@ -160,6 +168,10 @@ class CombinerHooks:
     @instance_hookspec
     def record_outcome(self, outcome: Outcome, predictions: Sequence[Prediction]) -> None:
         """A fill's outcome, with the member predictions that were issued for that fill."""
+
+    @instance_hookspec(firstresult=True)
+    def describe(self) -> dict:
+        """A JSON-ready summary of the combiner's state (e.g. member weights), recorded in the report."""
 
 
 class SourceHooks:

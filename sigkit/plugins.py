@@ -218,8 +218,8 @@ def _registrar(registry: Registry, kind: str, info: PluginInfo) -> Callable[[_Sp
 # --- instance hooks --------------------------------------------------------------------------------
 
 _HOOK_PREFIXES = {
-    "model": ("on_", "predict", "record_"),
-    "combiner": ("combine", "record_", "on_"),
+    "model": ("on_", "predict", "record_", "describe"),
+    "combiner": ("combine", "record_", "on_", "describe"),
     "source": ("chunks", "span", "describe"),
 }
 

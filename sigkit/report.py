@@ -131,6 +131,7 @@ def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: lis
             "edge_rule": "edge = Brier skill vs the causal base rate with a one-sided HAC t >= 2",
         },
         "scores": scores,
+        "states": _clean_dict(result.states),
         "timing": {
             "elapsed_s": round(result.elapsed_s, 3),
             "events_per_s": round(events_total / result.elapsed_s) if result.elapsed_s > 0 else None,

@@ -82,6 +82,8 @@ def test_informed_world_flow_shows_significant_skill(tmp_path):
     assert 0 < flow["edge_recovered"] <= 1
     assert abs(report["scores"]["base_rate"]["bss"]) < 1e-12  # the reference itself
     assert report["scores"]["ensemble"]["bss"] > 0.02
+    # The combiner's describe() lands in the report: it learned from every labelled fill.
+    assert report["states"]["ensemble"]["by_state"][0]["outcomes"] == report["data"]["fills_labelled"]
 
 
 def test_same_input_same_seed_same_bytes(tmp_path):

@@ -141,6 +141,11 @@ class Stacking(_RegimeAware):
         x = [sigkit.logit(p.p_adverse) for p in predictions]
         self.models[self._state_of(outcome)].update(x, 1.0 if outcome.was_adverse else 0.0)
 
+    def describe(self):
+        return {"regimes": list(self.params.regimes),
+                "by_state": [{"weights": list(m.weights), "intercept": m.intercept, "outcomes": m.n_updates}
+                             for m in self.models]}
+
 
 @attrs.frozen
 class HedgeParams:
@@ -187,6 +192,9 @@ class Hedge(_RegimeAware):
         total = sum(raw)
         k, share = len(raw), self.params.share
         self.by_state[state] = [(1.0 - share) * w / total + share / k for w in raw]
+
+    def describe(self):
+        return {"regimes": list(self.params.regimes), "weights_by_state": [list(w) for w in self.by_state]}
 
 
 @sigkit.hookimpl
