@@ -140,7 +140,11 @@ def build_params(cls: type | None, values: Mapping[str, Any], *, owner: str) -> 
     missing = [k for k, f in fields.items() if f.default is attrs.NOTHING and f.name not in kwargs]
     if missing:
         raise ParamError(missing[0], f"{owner} needs parameter {missing[0]!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:  # an attrs validator of the params class refused a value
+        key = next((recipe_key(f) for f in declared_fields(cls) if f.name in str(err)), next(iter(values), ""))
+        raise ParamError(key, f"{owner}: {err}") from None
 
 
 def suggest(name: str, valid) -> str:

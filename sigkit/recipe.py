@@ -355,8 +355,9 @@ def instantiate(recipe: Recipe) -> Instances:
     def build(spec, params, instance_id: str, what: str, members: tuple[str, ...] = ()):
         try:
             return spec.factory(params, recipe.context(instance_id, members))
-        except SigkitError:
-            raise
+        except SigkitError as err:
+            raise type(err)(f"{what}: {err.message}", path=err.path or str(recipe.path), line=err.line,
+                            column=err.column, hint=err.hint) from None
         except Exception as err:
             raise PluginError(f"{what} (from {spec.distribution} {spec.version}) could not be built: "
                               f"{type(err).__name__}: {err}") from err

@@ -132,3 +132,22 @@ def test_params_convert_durations_and_refuse_bad_values():
     for bad in ({"window": 5}, {"rate": "x"}, {"rate": True}, {"mode": "c"}, {"scales": "1s"}, {"windo": "1s"}):
         with pytest.raises(ParamError):
             build_params(P, bad, owner="x")
+
+
+@attrs.frozen
+class Validated:
+    window_ns: int = sigkit.duration("1s", doc="d")
+    count: int = sigkit.param(3, doc="c", unit="buckets")
+
+    @count.validator
+    def _positive(self, attribute, value):
+        if value < 1:
+            raise ValueError(f"count must be at least 1, got {value}")
+
+
+def test_a_params_validator_becomes_a_param_error_naming_the_key():
+    from sigkit.params import ParamError, build_params
+
+    with pytest.raises(ParamError, match="count must be at least 1") as info:
+        build_params(Validated, {"count": 0}, owner="model 'm'")
+    assert info.value.key == "count"
