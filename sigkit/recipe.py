@@ -35,6 +35,7 @@ class SourceEntry:
     label: str
     spec: SourceSpec
     params: Any
+    where: tuple[int, int] | None = None  # 1-based line and column of the entry in the recipe
 
 
 @attrs.frozen
@@ -42,6 +43,7 @@ class ModelEntry:
     id: str
     spec: ModelSpec
     params: Any
+    where: tuple[int, int] | None = None
 
 
 @attrs.frozen
@@ -49,6 +51,7 @@ class EnsembleEntry:
     spec: CombinerSpec
     params: Any
     members: tuple[str, ...]
+    where: tuple[int, int] | None = None
 
 
 @attrs.frozen
@@ -233,7 +236,8 @@ def load_recipe(path: str | Path, registry: Registry) -> Recipe:
         name = r.required(entry, "source", f"data entry {i + 1}")
         spec = r.lookup("source", name, entry, "source")
         params = _source_params(r, spec, entry, name)
-        sources.append(SourceEntry(f"{name}#{i + 1}" if len(data) > 1 else str(name), spec, params))
+        sources.append(SourceEntry(f"{name}#{i + 1}" if len(data) > 1 else str(name), spec, params,
+                                   _one_based(r.key_at(entry, "source"))))
 
     # Models.
     models_node = r.required(doc, "models", "the recipe")
@@ -253,7 +257,7 @@ def load_recipe(path: str | Path, registry: Registry) -> Recipe:
         seen.add(model_id)
         params = r.params(spec.params, entry.get("params"), f"model {model_id!r} ({name})", entry,
                           "params" if "params" in entry else None)
-        models.append(ModelEntry(model_id, spec, params))
+        models.append(ModelEntry(model_id, spec, params, _one_based(r.key_at(entry, "model"))))
 
     ensemble = None
     if doc.get("ensemble") is not None:
@@ -269,9 +273,13 @@ def load_recipe(path: str | Path, registry: Registry) -> Recipe:
                               r.value_at(node["members"], j) if "members" in node else r.node_at(node))
         params = r.params(spec.params, node.get("params"), f"combiner {spec.name!r}", node,
                           "params" if "params" in node else None)
-        ensemble = EnsembleEntry(spec, params, tuple(str(m) for m in members))
+        ensemble = EnsembleEntry(spec, params, tuple(str(m) for m in members), _one_based(r.key_at(node, "combiner")))
 
     return Recipe(sources=tuple(sources), models=tuple(models), ensemble=ensemble, **recipe_fields)
+
+
+def _one_based(where: tuple[int, int] | None) -> tuple[int, int] | None:
+    return (where[0] + 1, where[1] + 1) if where else None
 
 
 def _source_params(r: _Reader, spec: SourceSpec, entry: CommentedMap, name: str):
@@ -352,24 +360,26 @@ class Instances:
 
 def instantiate(recipe: Recipe) -> Instances:
     """Build the source, model and combiner objects a recipe names."""
-    def build(spec, params, instance_id: str, what: str, members: tuple[str, ...] = ()):
+    def build(spec, params, instance_id: str, what: str, members: tuple[str, ...] = (), where=None):
         try:
             return spec.factory(params, recipe.context(instance_id, members))
         except SigkitError as err:
-            raise type(err)(f"{what}: {err.message}", path=err.path or str(recipe.path), line=err.line,
-                            column=err.column, hint=err.hint) from None
+            line, column = where or (None, None)
+            raise type(err)(f"{what}: {err.message}", path=str(recipe.path), line=line, column=column,
+                            hint=err.hint) from None
         except Exception as err:
             raise PluginError(f"{what} (from {spec.distribution} {spec.version}) could not be built: "
                               f"{type(err).__name__}: {err}") from err
 
-    sources = [(s.label, build(s.spec, s.params, s.label, f"source {s.label!r}")) for s in recipe.sources]
+    sources = [(s.label, build(s.spec, s.params, s.label, f"source {s.label!r}", where=s.where))
+               for s in recipe.sources]
     if recipe.fills_path is not None:
         sources.append(("fills", _FillsSource(recipe.fills_path, recipe.target)))
-    models = [(m.id, build(m.spec, m.params, m.id, f"model {m.id!r}")) for m in recipe.models]
+    models = [(m.id, build(m.spec, m.params, m.id, f"model {m.id!r}", where=m.where)) for m in recipe.models]
     combiner = None
     if recipe.ensemble is not None:
         e = recipe.ensemble
-        combiner = (e.spec.name, build(e.spec, e.params, "ensemble", f"combiner {e.spec.name!r}", e.members), e.members)
+        combiner = (e.spec.name, build(e.spec, e.params, "ensemble", f"combiner {e.spec.name!r}", e.members, e.where), e.members)
     return Instances(sources, models, combiner)
 
 

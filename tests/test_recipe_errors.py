@@ -103,3 +103,11 @@ def test_good_recipe_validates(tmp_path, data_file):
     code, output = run_cli("validate", str(recipe))
     assert code == 0, output
     assert "ok" in output.splitlines()[0]
+
+
+def test_an_error_raised_while_building_a_model_names_it_and_its_line(tmp_path, data_file):
+    text = GOOD.replace("{data}", str(data_file)) + "ensemble:\n  combiner: weighted\n  params: {weights: [1.0, 2.0]}\n"
+    recipe = write(tmp_path, text)
+    code, output = run_cli("run", str(recipe), "--quiet", "--out", str(tmp_path / "o"))
+    assert code == 2, output
+    assert re.search(r"r\.yaml:13:3: combiner 'weighted': weighted combiner: 2 weights for 1 members", output), output
