@@ -139,8 +139,11 @@ def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: lis
     }
 
 
+# The IC t-statistic stays in report.json but not in the table: a model that adapts to outcomes inside
+# a period is rank-anti-correlated with that period's later outcomes, so its per-period IC is biased
+# negative (docs/metrics.md).  The table's verdict comes from skill_t, which has no such bias.
 TABLE_COLUMNS = ("model", "n_scored", "coverage", "brier", "brier_ref", "bss", "skill_t", "edge", "log_loss",
-                 "ece", "capture@{q}", "lift@{q}", "ic_t")
+                 "ece", "capture@{q}", "lift@{q}")
 
 
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -158,7 +161,6 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             model_id, str(s["n"]), _pct(s["coverage"], 0), _num(s["brier"], 4), _num(s["brier_ref"], 4),
             _num(s["bss"], 3), _num(skill.get("t_stat"), 1), "yes" if skill.get("edge") else "no",
             _num(s["log_loss"], 4), _num(s["ece"], 3), _pct(s["capture_at_q"], 1), _num(s["lift_at_q"], 2),
-            _num(s["ic"].get("t_stat_hac"), 1),
         ]
         if with_oracle:
             row += [_num(s.get("oracle_brier"), 4), _pct(s.get("edge_recovered"), 0)]
