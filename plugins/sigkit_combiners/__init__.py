@@ -85,6 +85,10 @@ class StackingParams:
                 "weights. Empty: one set of weights", choices=sigkit.REGIME_DIMENSIONS)
     regime_fast_ns: int = sigkit.duration("5s", doc="half-life of the fast regime estimates")
     regime_slow_ns: int = sigkit.duration("5m", doc="half-life of the slow baselines they are compared with")
+    pool: str = sigkit.param(
+        "excess", choices=("excess", "logodds"),
+        doc="excess: regress on each member's log-odds in excess of the causal base rate, starting from their "
+            "sum (independent evidence adds up); logodds: regress on the raw log-odds, starting from their mean")
 
 
 class _RegimeAware:
@@ -117,32 +121,53 @@ class _RegimeAware:
 
 
 class Stacking(_RegimeAware):
-    """Online logistic regression on the members' log-odds, starting as the equal-weight logit pool and
-    learning only from delivered outcomes; with ``regimes``, one regression per regime state."""
+    """Online logistic regression on the members' log-odds, learning only from delivered outcomes; with
+    ``regimes``, one regression per regime state.
+
+    With ``pool: excess`` (the default) the inputs are each member's log-odds minus the logit of the causal
+    base rate r, the regression sits on top of logit(r), and every weight starts at 1: the ensemble starts
+    by adding up the members' evidence (right when they see independent things, as in the ``mixed``
+    world) and learns from outcomes how far to trust each.  With ``pool: logodds`` it regresses on the raw
+    log-odds, starting from the equal-weight log-odds pool.
+    """
 
     def __init__(self, params: StackingParams, context: sigkit.RunContext):
         k = len(context.members)
         self.params = params
+        self.excess = params.pool == "excess"
+        start = [1.0] * k if self.excess else [1.0 / k] * k
         self.models = [
             sigkit.OnlineLogistic(k, learning_rate=params.learning_rate, l2=params.l2,
-                                  intercept_learning_rate=params.intercept_learning_rate, weights=[1.0 / k] * k)
+                                  intercept_learning_rate=params.intercept_learning_rate, weights=start)
             for _ in range(self._init_regimes(params, context))]
         self.model = self.models[0]
+        self.base_rate = sigkit.RunningBaseRate()
+        self.pending_inputs: dict[int, tuple[list[float], float]] = {}
         self.equal = [1.0 / k] * k
+
+    def _inputs(self, predictions) -> tuple[list[float], float]:
+        x = [sigkit.logit(p.p_adverse) for p in predictions]
+        if not self.excess:
+            return x, 0.0
+        offset = sigkit.logit(self.base_rate.rate)
+        return [v - offset for v in x], offset
 
     def combine(self, query, predictions):
         model = self.models[self._state_for(query)]
-        x = [sigkit.logit(p.p_adverse) for p in predictions]
+        x, offset = self._inputs(predictions)
+        self.pending_inputs[id(query)] = (x, offset)
         own = sigkit.evidence_confidence(model.n_updates, self.params.evidence)
-        return sigkit.Prediction(model.predict(x), own * _mean_confidence(predictions, self.equal),
+        return sigkit.Prediction(model.predict(x, offset), own * _mean_confidence(predictions, self.equal),
                                  _pooled_cost(predictions, self.equal))
 
     def record_outcome(self, outcome, predictions):
-        x = [sigkit.logit(p.p_adverse) for p in predictions]
-        self.models[self._state_of(outcome)].update(x, 1.0 if outcome.was_adverse else 0.0)
+        # The inputs as they were when the prediction was made (the base rate has moved since).
+        x, offset = self.pending_inputs.pop(id(outcome.fill), None) or self._inputs(predictions)
+        self.models[self._state_of(outcome)].update(x, 1.0 if outcome.was_adverse else 0.0, offset)
+        self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)
 
     def describe(self):
-        return {"regimes": list(self.params.regimes),
+        return {"regimes": list(self.params.regimes), "pool": self.params.pool,
                 "by_state": [{"weights": list(m.weights), "intercept": m.intercept, "outcomes": m.n_updates}
                              for m in self.models]}
 

@@ -1,0 +1,260 @@
+"""Cross-asset lead-lag: a leader market's recent move, not yet repeated by the target, predicts the fill.
+
+The model follows the mids of a leader market (another venue and/or asset) and of the target, each
+recorded only when it changes (asynchronous ticks, never resampled).  Every ``reestimate`` of event
+time it estimates how far the leader leads the target with the Hoffmann-Rosenbaum-Yoshida estimator:
+the argmax over a lag grid of the shifted Hayashi-Yoshida cross-covariance of the two log-mid series
+over the last ``window`` (:mod:`sigkit_cross_asset.leadlag`; METHODS.md §4; Hayashi & Yoshida 2005,
+Bernoulli 11(2):359-379; Hoffmann, Rosenbaum & Yoshida 2013, Bernoulli 19(2):426-461).
+
+At a fill at ``t`` with aggressor side ``a = -fill side`` and current lag estimate ``ϑ > 0``:
+
+* ``L = (leader mid(t-) / leader mid(t - ϑ) - 1) · 1e4``: the leader's move (bps) over ``(t - ϑ, t]``,
+  which a follower lagging by ϑ has not yet reflected;
+* features ``a·L/u`` and ``|L|/u``, with ``u`` the running mean absolute leader mid change (bps), so a
+  one-tick leader step is about 1 whatever the venue's tick size;
+* optionally (``target_move: true``) also ``a·F/u`` with ``F = (target mid(t-) / target mid(t - ϑ) - 1)
+  · 1e4``, the target's own move over the same span.
+
+An online logistic regression on top of the logit of the causal base rate (as in ``flow``) maps them to
+P(adverse): ``a·L`` is the unreflected leader move in the direction of the fill's aggressor and ``|L|``
+lets a large move raise the risk either way.  ``a·F`` lets the fit learn how much of the target's own
+recent move already reflects the leader (a follower that partly reacts at once); it is off by default
+because where the follower only repeats the leader ϑ later, ``F`` is the leader's move over
+``(t - 2ϑ, t - ϑ]``, which says nothing about the future and only adds noise to the fit (and forcing
+``L - F`` as one feature throws away half the recovered edge: docs/models/cross_asset.md).  With no
+estimate yet, an estimate that does not put the leader ahead (ϑ ≤ 0), or one whose cross-covariance
+at the lag is not significant (``|z| < min_z``, z the HY covariance over its standard error under
+independence), the model returns the causal base rate itself with confidence 0: a leader unrelated to
+the target must not feed noise to the fit.
+
+The latest estimate is kept as ``model.estimate`` (:class:`LeadLagEstimate`: ``lag_ns``, the
+correlation at the lag, the correlation at zero shift, the lead/lag ratio, the z-score); ``model.lag_ns``,
+``model.correlation`` and ``model.lead_lag_ratio`` read it, and ``describe()`` puts it in the report.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+import attrs
+import numpy as np
+
+import sigkit
+from sigkit_cross_asset.leadlag import (
+    LeadLagEstimate, estimate_lead_lag, hy_covariance_on_grid, hy_shifted_covariance, hy_shifted_covariance_brute,
+    lead_lag_ratio, shift_grid,
+)
+
+__all__ = [
+    "CrossAsset", "CrossAssetParams", "LeadLagEstimate", "estimate_lead_lag", "hy_covariance_on_grid",
+    "hy_shifted_covariance", "hy_shifted_covariance_brute", "lead_lag_ratio", "shift_grid",
+]
+
+
+@attrs.frozen
+class CrossAssetParams:
+    leader_venue: str = sigkit.param("simlead", doc="venue of the leader market (the simulator's is 'simlead')")
+    leader_symbol: str = sigkit.param("BTC-PERP", doc="symbol of the leader market")
+    lag_max_ns: int = sigkit.duration("1s", doc="largest lag searched: the leader ahead of the target by this much")
+    lead_max_ns: int = sigkit.duration(
+        "1s", doc="largest lead searched on the other side: the grid starts at minus this, so a target "
+                  "that leads shows as a negative lag")
+    lag_step_ns: int = sigkit.duration("10ms", doc="step of the lag grid (the estimate's resolution)")
+    window_ns: int = sigkit.duration("5m", doc="rolling window of mid changes the lag is estimated on")
+    reestimate_ns: int = sigkit.duration("5s", doc="event time between two lag estimates")
+    min_changes: int = sigkit.param(
+        100, doc="mid changes each market needs in the window before the first estimate", unit="changes")
+    min_z: float = sigkit.param(
+        5.0, doc="smallest |z-score| of the cross-covariance at the lag for the estimate to be used "
+                 "(below it the model returns the base rate)")
+    target_move: bool = sigkit.param(
+        False, doc="also feed the target's own move over the estimated lag, so the fit can learn how much "
+                   "of the leader's move it already reflects")
+    learning_rate: float = sigkit.param(0.02, doc="SGD step of the online logistic fit")
+    l2: float = sigkit.param(0.0, doc="L2 penalty of the online logistic fit")
+    evidence: float = sigkit.param(200.0, doc="outcomes after which confidence reaches 0.5", unit="outcomes")
+
+
+
+class _MidTicks:
+    """The times and mids of one market's mid changes, kept for a rolling span (O(1) amortised per tick)."""
+
+    def __init__(self, keep_ns: int):
+        self.keep_ns = keep_ns
+        self.ts: list[int] = []
+        self.mid: list[float] = []
+        self.start = 0  # entries before this index are expired
+
+    def add(self, ts_ns: int, mid: float) -> bool:
+        """Record ``mid`` at ``ts_ns`` if it changed; True if it did."""
+        if self.mid and mid == self.mid[-1]:
+            return False
+        self.ts.append(ts_ns)
+        self.mid.append(mid)
+        oldest_needed = ts_ns - self.keep_ns
+        ts, start = self.ts, self.start
+        while start < len(ts) - 1 and ts[start + 1] <= oldest_needed:  # keep the mid in force then
+            start += 1
+        if start > 1024 and start > len(ts) // 2:
+            del self.ts[:start], self.mid[:start]
+            start = 0
+        self.start = start
+        return True
+
+    @property
+    def last(self) -> float:
+        return self.mid[-1]
+
+    def at(self, ts_ns: int) -> float:
+        """The mid in force at ``ts_ns`` (the last change at or before it; the oldest kept one if none)."""
+        k = bisect_right(self.ts, ts_ns, self.start) - 1
+        return self.mid[max(k, self.start)]
+
+    def since(self, ts_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Times and mids of the changes at or after ``ts_ns``."""
+        k = bisect_right(self.ts, ts_ns - 1, self.start)
+        return np.array(self.ts[k:], dtype=np.int64), np.array(self.mid[k:], dtype=float)
+
+
+class CrossAsset:
+    """HRY lead-lag estimate of a leader market, and its unreflected move fed to an online logistic fit."""
+
+    def __init__(self, params: CrossAssetParams, context: sigkit.RunContext):
+        # Checked here rather than in the params class: an error from the factory reaches the user as a
+        # one-line "could not be built" message, one from the params constructor as a traceback.
+        if params.lag_step_ns <= 0:
+            raise ValueError("lag_step must be positive")
+        if params.window_ns <= 0 or params.reestimate_ns <= 0:
+            raise ValueError("window and reestimate must be positive")
+        if params.min_changes < 2:
+            raise ValueError("min_changes must be at least 2")
+        self.params = params
+        self.target = context.target
+        self.leader = sigkit.Market(params.leader_venue, params.leader_symbol)
+        if self.leader == self.target:
+            raise ValueError(f"the leader market {self.leader} is the target itself")
+        self.shifts_ns = shift_grid(params.lead_max_ns, params.lag_max_ns, params.lag_step_ns)
+        keep_ns = params.window_ns + params.lag_max_ns
+        self.leader_ticks = _MidTicks(keep_ns)
+        self.target_ticks = _MidTicks(keep_ns)
+        self.leader_step_bps = 0.0  # running mean |leader mid change| in bps: the feature scale
+        self.n_leader_steps = 0
+        self.next_estimate_ns: int | None = None
+        self.estimate: LeadLagEstimate | None = None
+        self.n_estimates = 0
+        self.model = sigkit.OnlineLogistic(3 if params.target_move else 2, learning_rate=params.learning_rate, l2=params.l2,
+                                           intercept_learning_rate=0.0)
+        self.base_rate = sigkit.RunningBaseRate()
+        self.cost = sigkit.ConditionalCost()
+        self.pending: dict[int, tuple[list[float], float]] = {}  # id(fill) -> (features, offset)
+
+    # -- the current estimate ------------------------------------------------------------------------
+
+    @property
+    def lag_ns(self) -> int | None:
+        return None if self.estimate is None else self.estimate.lag_ns
+
+    @property
+    def correlation(self) -> float | None:
+        return None if self.estimate is None else self.estimate.correlation
+
+    @property
+    def lead_lag_ratio(self) -> float | None:
+        return None if self.estimate is None else self.estimate.lead_lag_ratio
+
+    @property
+    def estimate_in_use(self) -> bool:
+        """Is the current estimate one the model acts on (leader ahead, significant)?"""
+        e = self.estimate
+        return e is not None and e.lag_ns > 0 and abs(e.z_score) >= self.params.min_z
+
+    def describe(self) -> dict:
+        """The latest lead-lag estimate and the fitted weights (recorded in the report)."""
+        e = self.estimate
+        out = {"leader": str(self.leader), "n_estimates": self.n_estimates, "estimate_in_use": self.estimate_in_use,
+               "leader_step_bps": self.leader_step_bps, "weights": list(self.model.weights),
+               "n_updates": self.model.n_updates}
+        if e is not None:
+            out.update(lag=sigkit.format_duration(e.lag_ns) if e.lag_ns >= 0 else "-" + sigkit.format_duration(-e.lag_ns),
+                       lag_ns=e.lag_ns, correlation=e.correlation, correlation_at_zero=e.correlation_at_zero,
+                       lead_lag_ratio=e.lead_lag_ratio, z_score=e.z_score, n_leader_changes=e.n_leader,
+                       n_target_changes=e.n_follower, estimated_at_ns=e.ts_ns)
+        return out
+
+    # -- market events -------------------------------------------------------------------------------
+
+    def on_book_update(self, book: sigkit.BookUpdate) -> None:
+        venue, symbol = book.venue, book.symbol
+        if venue == self.leader.venue and symbol == self.leader.symbol:
+            ticks = self.leader_ticks
+        elif venue == self.target.venue and symbol == self.target.symbol:
+            ticks = self.target_ticks
+        else:
+            return
+        mid = 0.5 * (book.bid_px + book.ask_px)
+        if not mid > 0:  # an empty or crossed-out side
+            return
+        previous = ticks.mid[-1] if ticks.mid else None
+        if not ticks.add(book.ts_ns, mid):
+            return
+        if ticks is self.leader_ticks and previous is not None:
+            self.n_leader_steps += 1
+            self.leader_step_bps += (abs(mid / previous - 1.0) * 1e4 - self.leader_step_bps) / self.n_leader_steps
+        if self.next_estimate_ns is None:
+            self.next_estimate_ns = book.ts_ns + self.params.reestimate_ns
+        elif book.ts_ns >= self.next_estimate_ns:
+            self._reestimate(book.ts_ns)
+
+    def _reestimate(self, now_ns: int) -> None:
+        """HRY over the mid changes of the last ``window`` (everything seen up to ``now_ns``)."""
+        self.next_estimate_ns = now_ns + self.params.reestimate_ns
+        since = now_ns - self.params.window_ns
+        x_ts, x = self.leader_ticks.since(since)
+        y_ts, y = self.target_ticks.since(since)
+        if min(len(x), len(y)) - 1 < self.params.min_changes:
+            return
+        estimate = estimate_lead_lag(x_ts, np.log(x), y_ts, np.log(y), self.shifts_ns, ts_ns=now_ns)
+        if estimate is not None:
+            self.estimate = estimate
+            self.n_estimates += 1
+
+    # -- fills ---------------------------------------------------------------------------------------
+
+    def features(self, query: sigkit.FillQuery) -> list[float] | None:
+        """``[a·L/u, |L|/u]`` (and ``a·F/u``) at the fill, or None while the leader is not known to lead."""
+        if not self.estimate_in_use or not self.leader_step_bps > 0:
+            return None
+        estimate = self.estimate
+        then = query.ts_ns - estimate.lag_ns
+        a = -query.side
+        leader_move = (self.leader_ticks.last / self.leader_ticks.at(then) - 1.0) * 1e4 / self.leader_step_bps
+        if not self.params.target_move:
+            return [a * leader_move, abs(leader_move)]
+        target_move = (self.target_ticks.last / self.target_ticks.at(then) - 1.0) * 1e4 / self.leader_step_bps
+        return [a * leader_move, abs(leader_move), a * target_move]
+
+    def predict(self, query: sigkit.FillQuery) -> sigkit.Prediction:
+        x = self.features(query)
+        if x is None:
+            p = self.base_rate.rate
+            return sigkit.Prediction(p, 0.0, self.cost.expected(p))
+        offset = sigkit.logit(self.base_rate.rate)
+        self.pending[id(query)] = (x, offset)
+        p = self.model.predict(x, offset)
+        return sigkit.Prediction(p, sigkit.evidence_confidence(self.model.n_updates, self.params.evidence),
+                                 self.cost.expected(p))
+
+    def record_outcome(self, outcome: sigkit.Outcome) -> None:
+        entry = self.pending.pop(id(outcome.fill), None)
+        if entry is not None:
+            self.model.update(entry[0], 1.0 if outcome.was_adverse else 0.0, entry[1])
+        self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)
+        self.cost.update(outcome.was_adverse, outcome.realized_as_bps)
+
+
+@sigkit.hookimpl
+def register_models(register):
+    register(sigkit.ModelSpec(
+        "cross_asset", CrossAsset, params=CrossAssetParams,
+        description="leader market's move over its HRY-estimated lead, not yet reflected by the target"))

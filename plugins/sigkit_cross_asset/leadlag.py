@@ -1,0 +1,189 @@
+"""The Hayashi-Yoshida cross-covariance over a grid of shifts, and the Hoffmann-Rosenbaum-Yoshida lead-lag
+estimate built on it, for two asynchronously observed series (no resampling onto a clock grid).
+
+Notation (METHODS.md §4).  The leader ``X`` is observed at ``t_0 < ... < t_n``, with intervals
+``I_i = (t_{i-1}, t_i]``; the follower ``Y`` at ``s_0 < ... < s_m``, with ``J_j = (s_{j-1}, s_j]``.
+
+* Shifted Hayashi-Yoshida sum (Hayashi & Yoshida 2005; HRY 2013's contrast before the absolute value)::
+
+      U(θ) = Σ_{i,j} ΔX(I_i) ΔY(J_j) 1{(I_i + θ) ∩ J_j ≠ ∅}
+
+  θ > 0 compares the leader's move with the follower's move θ later, so a peak at θ > 0 means X leads.
+* Computation on a uniform grid ``θ_k = θ_0 + k·δ`` (:func:`hy_covariance_on_grid`, what the model
+  uses): the pair ``(i, j)`` overlaps exactly for ``s_{j-1} - t_i < θ < s_j - t_{i-1}``, an open
+  interval of shifts, i.e. a contiguous run of grid points.  Each pair that can meet the grid adds
+  ``ΔX_i ΔY_j`` at the run's first point and removes it after its last; a cumulative sum over the grid
+  gives every ``U(θ_k)``.  The candidate pairs of interval ``i`` are the contiguous run of ``j`` found by
+  ``searchsorted``, about ``1 + rate_Y · (|I_i| + θ_max - θ_0)`` of them, so the cost is
+  ``O(n log m + pairs + |G|)`` instead of ``O(|G| · n log m)``.
+* Any set of shifts (:func:`hy_shifted_covariance`): the follower intervals that meet
+  ``(t_{i-1} + θ, t_i + θ]`` are the run ``lo ≤ j ≤ hi`` with ``lo`` the first ``j`` with
+  ``s_j > t_{i-1} + θ`` and ``hi`` the last with ``s_{j-1} < t_i + θ``, so their ΔY sum telescopes to
+  ``Y(s_hi) - Y(s_{lo-1})``: two ``searchsorted`` calls per shift.
+* Correlation ``ρ(θ) = U(θ) / sqrt(Σ ΔX² · Σ ΔY²)``; lag ``ϑ = argmax_θ |U(θ)|`` (HRY 2013, Bernoulli
+  19(2):426-461); lead/lag ratio ``LLR = Σ_{ℓ>0} ρ²(ℓ) / Σ_{ℓ>0} ρ²(-ℓ)`` over the grid points whose mirror
+  is also on the grid (Huth & Abergel 2014): above 1, X leads.
+* Significance: were the increments of X and Y independent with mean zero, ``U(θ)`` would have
+  variance ``V(θ) = Σ_{i,j} ΔX_i² ΔY_j² 1{(I_i + θ) ∩ J_j ≠ ∅}`` given their sizes (the cross terms have
+  zero mean), so ``z = U(ϑ) / sqrt(V(ϑ))`` is a z-score at the lag.  It is the largest of ``|G|``
+  correlated z-scores: for independent ±1 random walks at 4 changes/s on the default 201-point grid,
+  |z| had median 2.1, 99th percentile 3.7 and maximum 4.5 over 2000 draws (100 or 1200 changes each),
+  so the model uses an estimate only when ``|z| >= min_z`` (default 5).
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+
+@attrs.frozen
+class LeadLagEstimate:
+    """One lead-lag estimate: ``lag_ns`` > 0 means the leader leads the follower by that much.
+
+    ``correlation`` is ρ at the lag (its sign says whether the follower moves with or against the
+    leader), ``correlation_at_zero`` is ρ at the grid point nearest zero shift (the synchronous
+    correlation), ``lead_lag_ratio`` the LLR, ``z_score`` the cross-covariance at the lag over its
+    standard error were the two series independent (``U / sqrt(Σ ΔX² ΔY² 1{overlap})``), and
+    ``n_leader``/``n_follower`` the increments used.
+    """
+
+    lag_ns: int
+    correlation: float
+    correlation_at_zero: float
+    lead_lag_ratio: float
+    z_score: float
+    n_leader: int
+    n_follower: int
+    ts_ns: int | None = None  # event time at which the estimate was made (None outside a replay)
+
+
+def shift_grid(lead_max_ns: int, lag_max_ns: int, step_ns: int) -> np.ndarray:
+    """The shifts ``-lead_max, ..., 0, ..., lag_max`` in ``step`` increments (a multiple of ``step``)."""
+    if step_ns <= 0:
+        raise ValueError(f"the lag grid step must be positive, got {step_ns} ns")
+    if lead_max_ns < 0 or lag_max_ns < 0:
+        raise ValueError("the lag grid bounds must not be negative")
+    return np.arange(-(lead_max_ns // step_ns), lag_max_ns // step_ns + 1, dtype=np.int64) * step_ns
+
+
+def hy_shifted_covariance(x_ts, x, y_ts, y, shifts_ns) -> np.ndarray:
+    """``U(θ)`` for every ``θ`` in ``shifts_ns`` (levels ``x`` observed at ``x_ts``, ``y`` at ``y_ts``).
+
+    Times are integer nanoseconds, strictly increasing within each series; levels are the observed
+    values (e.g. log mids), whose consecutive differences are the increments.
+    """
+    x_ts, y_ts = np.asarray(x_ts, dtype=np.int64), np.asarray(y_ts, dtype=np.int64)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    shifts = np.asarray(shifts_ns, dtype=np.int64)
+    if len(x) < 2 or len(y) < 2:
+        return np.zeros(len(shifts))
+    m = len(y) - 1
+    lo = np.searchsorted(y_ts, x_ts[:-1][None, :] + shifts[:, None], side="right")
+    np.maximum(lo, 1, out=lo)
+    hi = np.searchsorted(y_ts, x_ts[1:][None, :] + shifts[:, None], side="left")
+    np.minimum(hi, m, out=hi)
+    covered = np.where(hi >= lo, y[hi] - y[lo - 1], 0.0)
+    return covered @ np.diff(x)
+
+
+def _grid_pairs(x_ts: np.ndarray, y_ts: np.ndarray, first_shift_ns: int, step_ns: int, n_shifts: int):
+    """Every interval pair ``(i, j)`` that overlaps at some grid shift, with that run of grid indices.
+
+    Returns ``(i, j, k_lo, k_hi)``: leader interval ``(t_i, t_{i+1}]`` and follower interval
+    ``(s_{j-1}, s_j]`` overlap exactly at the grid shifts ``k_lo <= k <= k_hi``.
+    """
+    if step_ns <= 0 or n_shifts < 1:
+        raise ValueError("the grid needs a positive step and at least one shift")
+    m = len(y_ts) - 1
+    last_shift_ns = first_shift_ns + (n_shifts - 1) * step_ns
+    # Follower intervals j that meet leader interval i at some shift of the grid: j in [lo_i, hi_i].
+    lo = np.maximum(np.searchsorted(y_ts, x_ts[:-1] + first_shift_ns, side="right"), 1)
+    hi = np.minimum(np.searchsorted(y_ts, x_ts[1:] + last_shift_ns, side="left"), m)
+    count = np.maximum(hi - lo + 1, 0)
+    i = np.repeat(np.arange(len(x_ts) - 1), count)
+    j = np.arange(len(i)) - np.repeat(np.cumsum(count) - count, count) + np.repeat(lo, count)
+    # The shifts where the pair overlaps, (s_{j-1} - t_{i+1}, s_j - t_i), as grid indices [k_lo, k_hi].
+    k_lo = np.maximum((y_ts[j - 1] - x_ts[i + 1] - first_shift_ns) // step_ns + 1, 0)
+    k_hi = np.minimum(-((first_shift_ns - (y_ts[j] - x_ts[i])) // step_ns) - 1, n_shifts - 1)
+    keep = k_lo <= k_hi
+    return i[keep], j[keep], k_lo[keep], k_hi[keep]
+
+
+def _sum_over_runs(weight: np.ndarray, k_lo: np.ndarray, k_hi: np.ndarray, n_shifts: int) -> np.ndarray:
+    """``out[k] = Σ weight[p]`` over the pairs ``p`` whose run ``[k_lo, k_hi]`` contains ``k``."""
+    steps = (np.bincount(k_lo, weight, minlength=n_shifts + 1)
+             - np.bincount(k_hi + 1, weight, minlength=n_shifts + 1))
+    return np.cumsum(steps[:n_shifts])
+
+
+def hy_covariance_on_grid(x_ts, x, y_ts, y, first_shift_ns: int, step_ns: int, n_shifts: int,
+                          *, with_null_variance: bool = False):
+    """``U(θ_k)`` at ``θ_k = first_shift_ns + k · step_ns``, ``k < n_shifts``, by the pair/cumulative-sum
+    formulation (same value as :func:`hy_shifted_covariance`, far fewer operations on a fine grid).
+
+    With ``with_null_variance``, also returns ``V(θ_k) = Σ ΔX_i² ΔY_j² 1{overlap}``: the variance of
+    ``U(θ_k)`` if the two series' increments were independent with mean zero (given their sizes), so
+    ``U / sqrt(V)`` is a z-score of the cross-covariance at each shift.
+    """
+    x_ts, y_ts = np.asarray(x_ts, dtype=np.int64), np.asarray(y_ts, dtype=np.int64)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or len(y) < 2:
+        zeros = np.zeros(n_shifts)
+        return (zeros, zeros.copy()) if with_null_variance else zeros
+    i, j, k_lo, k_hi = _grid_pairs(x_ts, y_ts, int(first_shift_ns), int(step_ns), int(n_shifts))
+    product = (x[i + 1] - x[i]) * (y[j] - y[j - 1])
+    u = _sum_over_runs(product, k_lo, k_hi, n_shifts)
+    if not with_null_variance:
+        return u
+    return u, _sum_over_runs(product * product, k_lo, k_hi, n_shifts)
+
+
+def hy_shifted_covariance_brute(x_ts, x, y_ts, y, shifts_ns) -> np.ndarray:
+    """The same sum by checking every interval pair, ``O(n · m · |G|)``: the reference for tests."""
+    dx, dy = np.diff(np.asarray(x, dtype=float)), np.diff(np.asarray(y, dtype=float))
+    out = []
+    for theta in shifts_ns:
+        total = 0.0
+        for i in range(len(dx)):
+            a, b = x_ts[i] + theta, x_ts[i + 1] + theta
+            for j in range(len(dy)):
+                if max(a, y_ts[j]) < min(b, y_ts[j + 1]):
+                    total += dx[i] * dy[j]
+        out.append(total)
+    return np.array(out)
+
+
+def estimate_lead_lag(x_ts, x, y_ts, y, shifts_ns, *, ts_ns: int | None = None) -> LeadLagEstimate | None:
+    """The HRY estimate of how far ``x`` leads ``y`` over the uniform grid ``shifts_ns`` (e.g. from
+    :func:`shift_grid`); None when either series has no nonzero increment."""
+    shifts = np.asarray(shifts_ns, dtype=np.int64)
+    steps = np.diff(shifts)
+    if len(shifts) > 1 and not (steps[0] > 0 and (steps == steps[0]).all()):
+        raise ValueError("the shifts must be an increasing grid with a constant step")
+    dx, dy = np.diff(np.asarray(x, dtype=float)), np.diff(np.asarray(y, dtype=float))
+    norm = float(np.sqrt((dx @ dx) * (dy @ dy)))
+    if not norm > 0:
+        return None
+    step = int(steps[0]) if len(shifts) > 1 else 1
+    u, v = hy_covariance_on_grid(x_ts, x, y_ts, y, int(shifts[0]), step, len(shifts), with_null_variance=True)
+    rho = u / norm
+    best = int(np.argmax(np.abs(u)))
+    zero = int(np.argmin(np.abs(shifts)))
+    z = float(u[best] / np.sqrt(v[best])) if v[best] > 0 else 0.0
+    return LeadLagEstimate(
+        lag_ns=int(shifts[best]), correlation=float(rho[best]), correlation_at_zero=float(rho[zero]),
+        lead_lag_ratio=lead_lag_ratio(shifts, rho), z_score=z, n_leader=len(dx), n_follower=len(dy), ts_ns=ts_ns)
+
+
+def lead_lag_ratio(shifts_ns, rho) -> float:
+    """``Σ_{ℓ>0} ρ²(ℓ) / Σ_{ℓ>0} ρ²(-ℓ)`` over the positive shifts whose negative is on the grid too."""
+    shifts = np.asarray(shifts_ns, dtype=np.int64)
+    rho = np.asarray(rho, dtype=float)
+    where = {int(s): k for k, s in enumerate(shifts)}
+    pairs = [(where[int(s)], where[-int(s)]) for s in shifts if s > 0 and -int(s) in where]
+    if not pairs:
+        return float("nan")
+    lead = sum(rho[i] ** 2 for i, _ in pairs)
+    lag = sum(rho[j] ** 2 for _, j in pairs)
+    return float(lead / lag) if lag > 0 else float("inf")

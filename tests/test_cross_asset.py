@@ -1,0 +1,325 @@
+"""The cross_asset model: the shifted Hayashi-Yoshida sum against a brute-force reference, HRY lag recovery
+on asynchronous Brownian paths and in the simulator, the feature math, causality, and skill on its worlds."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import numpy as np
+import pytest
+
+import sigkit
+from sigkit.engine import Labelling, Replay, replay_from_recipe
+from sigkit.plugins import build_registry
+from sigkit.recipe import load_recipe
+from sigkit.report import build_report, score_run
+from sigkit_cross_asset import (
+    CrossAsset, CrossAssetParams, LeadLagEstimate, estimate_lead_lag, hy_covariance_on_grid, hy_shifted_covariance,
+    hy_shifted_covariance_brute, lead_lag_ratio, shift_grid,
+)
+
+from conftest import ListSource, book, chunk_of
+
+MS = 1_000_000
+S = 1_000_000_000
+H = S  # the labelling horizon of every simulated run here
+TARGET = sigkit.Market("sim", "BTC-PERP")
+
+
+# -- the estimator --------------------------------------------------------------------------------------
+
+def test_hy_sum_by_hand():
+    # X: 0 -> 1 -> 3 at t = 0, 10, 20; Y: 0 -> 2 -> 1 at s = 5, 15, 25.  Intervals I1=(0,10], I2=(10,20];
+    # J1=(5,15], J2=(15,25].  theta=-5: only I2-5=(5,15] meets J1: 2*2 = 4.  theta=0: I1-J1, I2-J1, I2-J2:
+    # 1*2 + 2*2 - 2*1 = 4.  theta=5: I1+5 = J1, I2+5 = J2: 2 - 2 = 0.  theta=10: (10,20] meets J1, J2 and
+    # (20,30] meets J2: 1*(2-1) + 2*(-1) = -1.
+    args = ([0, 10, 20], [0.0, 1.0, 3.0], [5, 15, 25], [0.0, 2.0, 1.0])
+    shifts = [-5, 0, 5, 10]
+    expected = [4.0, 4.0, 0.0, -1.0]
+    np.testing.assert_allclose(hy_shifted_covariance_brute(*args, shifts), expected)
+    np.testing.assert_allclose(hy_shifted_covariance(*args, shifts), expected)
+    np.testing.assert_allclose(hy_covariance_on_grid(*args, -5, 5, 4), expected)
+
+
+def test_hy_at_zero_shift_on_common_times_is_the_realized_covariance():
+    rng = np.random.default_rng(3)
+    ts = np.cumsum(rng.integers(1, 50, 40))
+    x, y = np.cumsum(rng.normal(size=40)), np.cumsum(rng.normal(size=40))
+    [u] = hy_covariance_on_grid(ts, x, ts, y, 0, 1, 1)
+    assert u == pytest.approx(float(np.diff(x) @ np.diff(y)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_hy_sums_match_brute_force_on_random_asynchronous_data(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n, m = rng.integers(2, 15, 2)
+        x_ts = np.sort(rng.choice(300, n, replace=False))  # shared and coinciding times happen too
+        y_ts = np.sort(rng.choice(300, m, replace=False))
+        x, y = rng.normal(size=n), rng.normal(size=m)
+        first, step, count = int(rng.integers(-80, 20)), int(rng.integers(1, 9)), int(rng.integers(1, 40))
+        shifts = first + step * np.arange(count)
+        brute = hy_shifted_covariance_brute(x_ts, x, y_ts, y, shifts)
+        np.testing.assert_allclose(hy_shifted_covariance(x_ts, x, y_ts, y, shifts), brute, atol=1e-12)
+        np.testing.assert_allclose(hy_covariance_on_grid(x_ts, x, y_ts, y, first, step, count), brute, atol=1e-12)
+
+
+def test_null_variance_is_the_sum_of_squared_products_over_overlapping_pairs():
+    rng = np.random.default_rng(11)
+    x_ts, y_ts = np.sort(rng.choice(200, 9, replace=False)), np.sort(rng.choice(200, 12, replace=False))
+    x, y = rng.normal(size=9), rng.normal(size=12)
+    shifts = np.arange(-30, 31, 6)
+    _, v = hy_covariance_on_grid(x_ts, x, y_ts, y, -30, 6, len(shifts), with_null_variance=True)
+    # Brute force with squared increments gives sum dx^2 dy^2 over the overlapping pairs.
+    brute = hy_shifted_covariance_brute(x_ts, np.r_[0, np.cumsum(np.diff(x) ** 2)], y_ts,
+                                        np.r_[0, np.cumsum(np.diff(y) ** 2)], shifts)
+    np.testing.assert_allclose(v, brute, atol=1e-12)
+
+
+def test_lead_lag_ratio_by_hand():
+    shifts = np.array([-2, -1, 0, 1, 2, 3])
+    rho = np.array([0.1, 0.2, 0.9, 0.4, 0.3, 0.7])  # +3 has no mirror on the grid: left out
+    assert lead_lag_ratio(shifts, rho) == pytest.approx((0.4 ** 2 + 0.3 ** 2) / (0.1 ** 2 + 0.2 ** 2))
+
+
+def test_shift_grid():
+    grid = shift_grid(S, S, 10 * MS)
+    assert len(grid) == 201 and grid[0] == -S and grid[-1] == S and grid[100] == 0
+    assert shift_grid(20 * MS, 35 * MS, 10 * MS).tolist() == [-20 * MS, -10 * MS, 0, 10 * MS, 20 * MS, 30 * MS]
+
+
+def _brownian_pair(rng, *, lag_ns, noise, n_leader=20_000, n_follower=5_000, span_ns=3600 * S):
+    """METHODS.md §4.5: follower = 0.8 * leader(t - lag) + noise * independent BM, Poisson sampled (unit
+    variance per second)."""
+    t = np.sort(rng.choice(span_ns, n_leader, replace=False)).astype(np.int64)
+    s = np.sort(rng.choice(span_ns, n_follower, replace=False)).astype(np.int64)
+    # One Brownian path at every time it is needed: the leader's own times and the follower's, shifted.
+    times = np.concatenate([t, s - lag_ns])
+    order = np.argsort(times, kind="stable")
+    dt = np.diff(np.concatenate([[times[order[0]]], times[order]])) / S
+    path = np.empty(len(times))
+    path[order] = np.cumsum(rng.normal(size=len(times)) * np.sqrt(dt))
+    own = np.cumsum(rng.normal(size=n_follower) * np.sqrt(np.diff(np.concatenate([[0], s])) / S))
+    return t, path[:n_leader], s, 0.8 * path[n_leader:] + noise * own
+
+
+def test_hry_on_asynchronous_brownian_paths_reproduces_methods_4_5():
+    # METHODS.md §4.5 reports lag 0.200 s, rho 0.805 at the lag, 0.739 at zero, LLR 1.89 on its one draw.
+    # Over 100 draws of that setup we measured (min / median / max): lag error -60 / -5 / +50 ms (within
+    # one 10 ms step only 59% of the time: 5 000 follower observations an hour are sparse), rho 0.753 /
+    # 0.802 / 0.836, rho(0) 0.678 / 0.722 / 0.757, LLR 1.86 / 2.04 / 2.51.  This draw must sit in those ranges.
+    x_ts, x, y_ts, y = _brownian_pair(np.random.default_rng(45), lag_ns=200 * MS, noise=0.6)
+    est = estimate_lead_lag(x_ts, x, y_ts, y, shift_grid(S, S, 10 * MS))
+    assert abs(est.lag_ns - 200 * MS) <= 60 * MS
+    assert 0.75 < est.correlation < 0.84 and 0.67 < est.correlation_at_zero < 0.76
+    assert est.correlation_at_zero < est.correlation and 1.8 < est.lead_lag_ratio < 2.6
+    assert est.z_score > 20 and (est.n_leader, est.n_follower) == (19_999, 4_999)
+
+
+@pytest.mark.parametrize("lag_ms", [50, 150, 400])
+@pytest.mark.parametrize("noise", [0.6, 1.5])  # correlation 0.8 and about 0.47
+def test_hry_recovers_the_lag_within_one_step_at_two_noise_levels(lag_ms, noise):
+    # 40 000 observations an hour of each series (11/s): all of 20 draws per case were within one step.
+    rng = np.random.default_rng(lag_ms + int(10 * noise))
+    x_ts, x, y_ts, y = _brownian_pair(rng, lag_ns=lag_ms * MS, noise=noise, n_leader=40_000, n_follower=40_000)
+    est = estimate_lead_lag(x_ts, x, y_ts, y, shift_grid(S, S, 10 * MS))
+    assert abs(est.lag_ns - lag_ms * MS) <= 10 * MS, est
+    # ...and finds the follower leading when the roles are swapped.
+    swapped = estimate_lead_lag(y_ts, y, x_ts, x, shift_grid(S, S, 10 * MS))
+    assert abs(swapped.lag_ns + lag_ms * MS) <= 10 * MS and swapped.lead_lag_ratio < 1
+
+
+def test_independent_paths_give_no_significant_estimate():
+    rng = np.random.default_rng(8)
+    for _ in range(5):
+        x_ts, _, y_ts, y = _brownian_pair(rng, lag_ns=0, noise=1.0, n_leader=1200, n_follower=1200,
+                                          span_ns=300 * S)
+        x = np.cumsum(rng.normal(size=len(x_ts)))  # a leader unrelated to the follower
+        assert abs(estimate_lead_lag(x_ts, x, y_ts, y, shift_grid(S, S, 10 * MS)).z_score) < 5
+
+
+# -- the model on hand-built events ---------------------------------------------------------------------
+
+def _model(target=sigkit.Market("v", "X"), **params):
+    defaults = dict(leader_venue="lead", leader_symbol="X")
+    return CrossAsset(CrossAssetParams(**{**defaults, **params}), sigkit.RunContext(target=target, horizon_ns=H))
+
+
+def _feed(model, rows):
+    for row in chunk_of(rows):
+        model.on_book_update(sigkit.row_to_record(row))
+
+
+def test_features_by_hand():
+    model = _model(target_move=True)
+    _feed(model, [book(0, 100, 101, venue="lead"), book(0, 100, 101), book(50, 101, 102, venue="lead"),
+                  book(60, 101, 102, venue="other"), book(90, 101, 102), book(120, 102, 103, venue="lead")])
+    # Leader mid 100.5 -> 101.5 -> 102.5: mean |step| in bps is the feature unit.
+    unit = 0.5 * ((101.5 / 100.5 - 1) * 1e4 + (102.5 / 101.5 - 1) * 1e4)
+    assert model.leader_step_bps == pytest.approx(unit)
+    model.estimate = LeadLagEstimate(lag_ns=100, correlation=0.9, correlation_at_zero=0.1, lead_lag_ratio=3.0,
+                                     z_score=10.0, n_leader=2, n_follower=1)
+    query = sigkit.FillQuery(130, "v", "X", side=1, price=101.0, size=1.0)  # our bid: the aggressor sold
+    # Over (30, 130]: the leader went 100.5 -> 102.5, the target 100.5 -> 101.5; aggressor a = -1.
+    leader_move, target_move = (102.5 / 100.5 - 1) * 1e4, (101.5 / 100.5 - 1) * 1e4
+    assert model.features(query) == pytest.approx([-leader_move / unit, leader_move / unit, -target_move / unit])
+    # A later fill on the other side: (100, 200] holds only the second leader step, now with the aggressor.
+    later = sigkit.FillQuery(200, "v", "X", side=-1, price=102.0, size=1.0)  # (100, 200]: 101.5 -> 102.5
+    assert model.features(later)[:2] == pytest.approx([(102.5 / 101.5 - 1) * 1e4 / unit] * 2)
+
+
+def test_no_significant_leader_means_the_base_rate_with_no_confidence():
+    model = _model()
+    _feed(model, [book(0, 100, 101, venue="lead"), book(0, 100, 101), book(50, 101, 102, venue="lead")])
+    query = sigkit.FillQuery(100, "v", "X", side=1, price=100.0, size=1.0)
+    first = model.predict(query)
+    assert (first.p_adverse, first.confidence) == (0.5, 0.0)  # the prior base rate, nothing learned
+    for lag, z in ((-20, 10.0), (20, 4.9)):  # target leads; leader ahead but not significant
+        model.estimate = LeadLagEstimate(lag, 0.5, 0.1, 1.0, z, 2, 1)
+        assert model.features(query) is None and model.predict(query).confidence == 0.0
+    model.estimate = LeadLagEstimate(20, 0.5, 0.1, 1.0, -6.0, 2, 1)  # significant, negative correlation
+    assert model.features(query) is not None
+
+
+def test_bad_settings_are_refused_when_the_model_is_built():
+    with pytest.raises(ValueError, match="is the target itself"):
+        _model(leader_venue="v")
+    with pytest.raises(ValueError, match="lag_step must be positive"):
+        _model(lag_step_ns=0)
+
+
+# -- the model in the simulator ---------------------------------------------------------------------------
+
+def _run_model(sources, **params):
+    """Replay chunk lists through one cross_asset instance; return the instance, its estimates and scores."""
+    model = CrossAsset(CrossAssetParams(**params), sigkit.RunContext(target=TARGET, horizon_ns=H))
+    estimates = []
+    reestimate = model._reestimate
+
+    def spy(now_ns):
+        reestimate(now_ns)
+        if model.estimate is not None and model.estimate.ts_ns == now_ns:
+            estimates.append(model.estimate)
+
+    model._reestimate = spy
+    replay = Replay(sources=[(f"s{k}", ListSource(c)) for k, c in enumerate(sources)], models=[("ca", model)],
+                    combiner=None, target=TARGET, labelling=Labelling(H))
+    return model, estimates, score_run(replay.run(), horizon_ns=H)["ca"]
+
+
+def _simulate(spec, seed, minutes):
+    return list(sigkit.sim.simulate(spec, seed=seed, duration_ns=minutes * 60 * S, horizon_ns=H))
+
+
+@pytest.mark.parametrize("lag_ms", [50, 150, 400])
+@pytest.mark.parametrize("noise_per_s", [0.0, 8.0])  # independent noise ticks on the target (the follower)
+def test_model_recovers_the_simulated_lag_within_one_grid_step(lag_ms, noise_per_s):
+    spec = attrs.evolve(sigkit.sim.world_spec("leadlag", lag_ns=lag_ms * MS), noise_tick_rate_per_s=noise_per_s)
+    model, estimates, _ = _run_model([_simulate(spec, seed=lag_ms, minutes=3)])
+    settled = [e for e in estimates if e.ts_ns >= sigkit.sim.DEFAULT_START_NS + 60 * S]
+    assert len(settled) > 20
+    for e in settled:  # every estimate once a minute of data is in
+        assert abs(e.lag_ns - lag_ms * MS) <= 10 * MS, e
+        assert e.z_score >= 5 and e.correlation > 0.4 and e.lead_lag_ratio > 1
+    assert model.lag_ns == settled[-1].lag_ns and model.estimate_in_use
+
+
+@pytest.mark.parametrize("lag_ms", [50, 150, 400])
+def test_model_recovers_the_lag_in_the_mixed_world(lag_ms):
+    # Half the leader steps (2/s) and other target moves: measured over seeds 1-10, 82% (50 ms) to 100%
+    # (400 ms) of the estimates after two minutes are within one step, the rest up to 60 ms off; with
+    # this test's seeds the 150 ms run reads 170 ms for its first three minutes (docs/models/cross_asset.md).
+    # The typical estimate must be within two steps.
+    _, estimates, _ = _run_model([_simulate(sigkit.sim.world_spec("mixed", lag_ns=lag_ms * MS), lag_ms, 4)])
+    settled = [e.lag_ns for e in estimates if e.ts_ns >= sigkit.sim.DEFAULT_START_NS + 120 * S]
+    assert len(settled) > 20 and abs(np.median(settled) - lag_ms * MS) <= 20 * MS
+
+
+def _null_with_unrelated_leader(seed, minutes):
+    """The null world's target, and a leader venue taken from a leadlag world of another seed."""
+    leader = [c[c["venue"] == sigkit.sim.LEADER_VENUE] for c in _simulate("leadlag", seed + 1000, minutes)]
+    return [_simulate("null", seed, minutes), leader]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_unrelated_leader_claims_no_edge(seed):
+    model, estimates, score = _run_model(_null_with_unrelated_leader(seed, minutes=10))
+    assert len(estimates) > 100  # it kept estimating...
+    assert not any(abs(e.z_score) >= 5 for e in estimates)  # ...found nothing significant...
+    assert abs(score["bss"]) < 0.005 and not score["skill_test"]["edge"]  # ...and so added nothing.
+    t = score["skill_test"]["t_stat"]
+    assert t is None or -3 < t < 2  # None: every prediction was the reference itself
+
+
+def test_no_look_ahead_predictions_do_not_depend_on_what_follows():
+    spec = sigkit.sim.world_spec("leadlag")
+    results = []
+    for minutes in (2, 3):
+        model = CrossAsset(CrossAssetParams(), sigkit.RunContext(target=TARGET, horizon_ns=H))
+        replay = Replay(sources=[("sim", ListSource(_simulate(spec, 5, minutes)))], models=[("ca", model)],
+                        combiner=None, target=TARGET, labelling=Labelling(H))
+        results.append(replay.run())
+    short, long = results
+    n = len(short.fills["ts_ns"])
+    assert long.fills["ts_ns"][n] > short.last_ts_ns
+    for key in ("p", "confidence"):
+        np.testing.assert_array_equal(short.predictions["ca"][key], long.predictions["ca"][key][:n])
+    assert (short.predictions["ca"]["confidence"] > 0).sum() > 500  # the leader was in use in the prefix
+
+
+# -- end to end through recipes -----------------------------------------------------------------------------
+
+RECIPE = """\
+name: {name}
+seed: {seed}
+data:
+  - source: simulate
+    world: "{world}"
+    duration: {duration}
+target: {{venue: sim, symbol: BTC-PERP}}
+horizon: 1s
+models:
+  - id: base_rate
+    model: base_rate
+  - id: cross_asset
+    model: cross_asset
+    params:
+      leader_venue: simlead
+      leader_symbol: BTC-PERP
+      lag_max: 1s
+      lead_max: 1s
+      lag_step: 10ms
+      window: 5m
+      reestimate: 5s
+"""
+
+
+def _recipe_report(tmp_path, world, seed, duration="10m"):
+    path = tmp_path / f"{world}{seed}.yaml"
+    path.write_text(RECIPE.format(world=world, seed=seed, duration=duration, name=f"{world}{seed}"))
+    recipe = load_recipe(path, build_registry())
+    replay = replay_from_recipe(recipe)
+    result = replay.run()
+    return build_report(result, recipe, sources=replay.describe_sources(), plugins=[], version="test")
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_leadlag_world_significant_skill_and_recovered_edge(tmp_path, seed):
+    report = _recipe_report(tmp_path, "leadlag", seed)
+    score = report["scores"]["cross_asset"]
+    # Measured (docs/models/cross_asset.md), seeds 1 / 2: bss 0.070 / 0.073, t 8.4 / 9.1, recovered
+    # 0.71 / 0.80 (0.71-0.83 over seeds 1-5).
+    assert score["skill_test"]["edge"] and score["skill_test"]["t_stat"] > 6
+    assert score["bss"] > 0.05
+    assert 0.65 < score["edge_recovered"] <= 1
+    state = report["states"]["cross_asset"]
+    assert state["lag_ns"] == 150 * MS and state["estimate_in_use"] and state["lead_lag_ratio"] > 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_null_world_no_edge(tmp_path, seed):
+    score = _recipe_report(tmp_path, "null", seed)["scores"]["cross_asset"]
+    assert abs(score["bss"]) < 0.005 and not score["skill_test"]["edge"]
+    t = score["skill_test"]["t_stat"]
+    assert t is None or -3 < t < 2  # no leader venue at all: the model is the reference (t undefined)
