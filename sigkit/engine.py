@@ -12,7 +12,8 @@ Ordering rules (what "causal" means here, and what the no-look-ahead tests check
 * With the ``public`` fill model, each trade on the target market is a fill of our quote resting on the
   passive side at the trade price (an aggressive buy fills our ask).  ``FILL`` rows from a source (the
   user's own fills) are fills too.
-* Every outcome reaches every model and the combiner, whatever their confidence.
+* Every outcome reaches every model and every combiner, whatever their confidence.
+* Several ensembles (the arms of an A/B comparison) can pool the same model instances in one pass.
 """
 
 from __future__ import annotations
@@ -139,14 +140,15 @@ def _interleave(parts: list[tuple[int, np.ndarray]]) -> np.ndarray:
 
 
 class Replay:
-    """One run: sources, model instances and an optional combiner, replayed causally.
+    """One run: sources, model instances and any number of ensembles, replayed causally.
 
     ``sources`` are ``(label, source_object)``; ``models`` are ``(model_id, model_object)`` in recipe
-    order; ``combiner`` is ``(label, combiner_object, member_ids)`` or None.
+    order; ``ensembles`` are ``(name, combiner_object, member_ids)``, each scored under its name (a
+    plain recipe has one, named ``ensemble``; an A/B run has one per arm).
     """
 
     def __init__(self, *, sources: Sequence[tuple[str, Any]], models: Sequence[tuple[str, Any]],
-                 combiner: tuple[str, Any, Sequence[str]] | None, target: Market, labelling: Labelling,
+                 ensembles: Sequence[tuple[str, Any, Sequence[str]]] = (), target: Market, labelling: Labelling,
                  public_fills: bool = True):
         self.target = target
         self.labelling = labelling
@@ -160,15 +162,17 @@ class Replay:
         for mid, obj in models:
             self._hooks.append(resolve_hooks(obj, "model", f"model {mid!r}"))
             self._owner[id(obj)] = f"model {mid!r}"
-        self.combiner = None
-        if combiner is not None:
-            label, obj, members = combiner
+        self.ensembles = []  # (name, hooks, member indices)
+        for name, obj, members in ensembles:
             unknown = [m for m in members if m not in self.model_ids]
             if unknown:
-                raise SigkitError(f"ensemble member {unknown[0]!r} is not a model id")
-            self.combiner = (resolve_hooks(obj, "combiner", f"combiner {label!r}"),
-                             [self.model_ids.index(m) for m in members])
-            self._owner[id(obj)] = f"ensemble combiner {label!r}"
+                raise SigkitError(f"ensemble {name!r}: member {unknown[0]!r} is not a model id")
+            if name in self.model_ids:
+                raise SigkitError(f"ensemble name {name!r} is also a model id")
+            label = f"combiner of {name!r}"
+            self.ensembles.append((name, resolve_hooks(obj, "combiner", label),
+                                   [self.model_ids.index(m) for m in members]))
+            self._owner[id(obj)] = label
 
     def describe_sources(self) -> list[dict]:
         return [hooks["describe"]() if "describe" in hooks else {"source": label} for label, hooks in self.sources]
@@ -222,19 +226,15 @@ class _State:
         self.target = replay.target
         self.labelling = replay.labelling
         # A combiner may follow the market too (e.g. for regimes); it hears each event after the models.
-        hooks = replay._hooks + ([replay.combiner[0]] if replay.combiner is not None else [])
+        hooks = replay._hooks + [chooks for _, chooks, _ in replay.ensembles]
         self.trade_handlers = [h["on_trade"] for h in hooks if "on_trade" in h]
         self.book_handlers = [h["on_book_update"] for h in hooks if "on_book_update" in h]
         self.stat_handlers = [h["on_market_stat"] for h in hooks if "on_market_stat" in h]
         self.predictors = [h["predict"] for h in replay._hooks]
         self.outcome_handlers = [h["record_outcome"] for h in replay._hooks if "record_outcome" in h]
-        if replay.combiner is not None:
-            chooks, self.member_index = replay.combiner
-            self.combine = chooks["combine"]
-            self.combiner_outcome = chooks.get("record_outcome")
-        else:
-            self.combine = None
-            self.combiner_outcome = None
+        # (name, combine, record_outcome or None, member indices) per ensemble
+        self.ensembles = [(name, chooks["combine"], chooks.get("record_outcome"), members)
+                          for name, chooks, members in replay.ensembles]
         self.horizons = self.labelling.all_horizons_ns
         self.primary = self.horizons.index(self.labelling.horizon_ns)
         self.reference = RunningBaseRate()
@@ -254,9 +254,9 @@ class _State:
         self.p = [[] for _ in range(n_models)]
         self.conf = [[] for _ in range(n_models)]
         self.cost = [[] for _ in range(n_models)]
-        self.ens_p: list[float] = []
-        self.ens_conf: list[float] = []
-        self.ens_cost: list[float] = []
+        self.ens_p = [[] for _ in self.ensembles]
+        self.ens_conf = [[] for _ in self.ensembles]
+        self.ens_cost = [[] for _ in self.ensembles]
         self.markouts = [[] for _ in self.horizons]
         self.was_adverse: list[float] = []
         self.member_preds: dict[int, list[Prediction]] = {}
@@ -379,14 +379,14 @@ class _State:
             self.p[m].append(pred.p_adverse)
             self.conf[m].append(pred.confidence)
             self.cost[m].append(pred.expected_cost_bps)
-        if self.combine is not None:
-            members = [preds[i] for i in self.member_index]
-            pred = self.combine(query, members)
-            _check_prediction(pred, "the ensemble combiner")
-            self.ens_p.append(pred.p_adverse)
-            self.ens_conf.append(pred.confidence)
-            self.ens_cost.append(pred.expected_cost_bps)
-            self.member_preds[index] = members
+        for e, (name, combine, _, member_index) in enumerate(self.ensembles):
+            pred = combine(query, [preds[i] for i in member_index])
+            _check_prediction(pred, f"the combiner of {name!r}")
+            self.ens_p[e].append(pred.p_adverse)
+            self.ens_conf[e].append(pred.confidence)
+            self.ens_cost[e].append(pred.expected_cost_bps)
+        if self.ensembles:
+            self.member_preds[index] = preds
         self.queries.append(query)
         self.mid_at_fill.append(self.mid)
         self.p_ref.append(self.reference.rate)
@@ -416,9 +416,10 @@ class _State:
             self.was_adverse[index] = 1.0 if outcome.was_adverse else 0.0
             for handler in self.outcome_handlers:
                 handler(outcome)
-            members = self.member_preds.pop(index, None)
-            if self.combiner_outcome is not None:
-                self.combiner_outcome(outcome, members)
+            preds = self.member_preds.pop(index, None)
+            for _, _, combiner_outcome, member_index in self.ensembles:
+                if combiner_outcome is not None:
+                    combiner_outcome(outcome, [preds[i] for i in member_index])
             self.reference.update(outcome.was_adverse, query.ts_ns)
 
     def result(self, *, completed: bool, stop_reason: str | None, elapsed_s: float) -> RunResult:
@@ -444,14 +445,15 @@ class _State:
         for m, mid in enumerate(self.replay.model_ids):
             predictions[mid] = {"p": np.array(self.p[m], dtype=float), "confidence": np.array(self.conf[m], dtype=float),
                                 "cost_bps": np.array(self.cost[m], dtype=float)}
-        if self.combine is not None:
-            predictions["ensemble"] = {"p": np.array(self.ens_p, dtype=float),
-                                       "confidence": np.array(self.ens_conf, dtype=float),
-                                       "cost_bps": np.array(self.ens_cost, dtype=float)}
+        for e, (name, *_rest) in enumerate(self.ensembles):
+            predictions[name] = {"p": np.array(self.ens_p[e], dtype=float),
+                                 "confidence": np.array(self.ens_conf[e], dtype=float),
+                                 "cost_bps": np.array(self.ens_cost[e], dtype=float)}
         states = {mid: hooks["describe"]() for mid, hooks in zip(self.replay.model_ids, self.replay._hooks)
                   if "describe" in hooks}
-        if self.replay.combiner is not None and "describe" in self.replay.combiner[0]:
-            states["ensemble"] = self.replay.combiner[0]["describe"]()
+        for name, chooks, _ in self.replay.ensembles:
+            if "describe" in chooks:
+                states[name] = chooks["describe"]()
         return RunResult(
             model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=states,
             markout_horizons_ns=self.horizons, events=dict(self.events), first_ts_ns=self.first_ts,
@@ -478,5 +480,5 @@ def replay_from_recipe(recipe) -> Replay:
 
     built = instantiate(recipe)
     labelling = Labelling(recipe.horizon_ns, recipe.threshold_bps, recipe.evaluation.markout_horizons_ns)
-    return Replay(sources=built.sources, models=built.models, combiner=built.combiner, target=recipe.target,
+    return Replay(sources=built.sources, models=built.models, ensembles=built.ensembles, target=recipe.target,
                   labelling=labelling, public_fills=recipe.fills_path is None)

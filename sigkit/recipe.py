@@ -24,7 +24,7 @@ from sigkit.plugins import CombinerSpec, ModelSpec, Registry, SourceSpec
 from sigkit.units import format_duration, parse_duration
 
 TOP_LEVEL_KEYS = ("name", "description", "seed", "data", "target", "fills", "horizon", "threshold_bps",
-                  "models", "ensemble", "evaluation")
+                  "models", "ensemble", "arms", "evaluation")
 EVALUATION_KEYS = ("min_confidence", "markout_horizons", "ic_period", "ic_min_fills", "bins", "capture_q")
 DEFAULT_MARKOUT_HORIZONS = ("100ms", "1s", "5s", "30s")
 DEFAULT_HORIZON_NS = parse_duration("1s")
@@ -55,6 +55,15 @@ class EnsembleEntry:
 
 
 @attrs.frozen
+class ArmEntry:
+    """One arm of an A/B comparison: an ensemble over some of the models, or a single model."""
+
+    name: str
+    ensemble: EnsembleEntry | None = None
+    model: str | None = None  # a model id, when the arm is one model
+
+
+@attrs.frozen
 class Evaluation:
     min_confidence: float = 0.0
     markout_horizons_ns: tuple[int, ...] = tuple(parse_duration(h) for h in DEFAULT_MARKOUT_HORIZONS)
@@ -79,6 +88,7 @@ class Recipe:
     models: tuple[ModelEntry, ...]
     ensemble: EnsembleEntry | None
     evaluation: Evaluation
+    arms: tuple[ArmEntry, ...] = ()
 
     def context(self, instance_id: str = "", members: tuple[str, ...] = ()) -> RunContext:
         return RunContext(target=self.target, horizon_ns=self.horizon_ns, threshold_bps=self.threshold_bps,
@@ -262,20 +272,50 @@ def load_recipe(path: str | Path, registry: Registry) -> Recipe:
     ensemble = None
     if doc.get("ensemble") is not None:
         node = r.mapping(doc["ensemble"], "ensemble", r.value_at(doc, "ensemble"))
-        r.check_keys(node, ("combiner", "params", "members"), "ensemble")
-        spec = r.lookup("combiner", r.required(node, "combiner", "ensemble"), node, "combiner")
-        members = node.get("members") or [m.id for m in models]
-        if not isinstance(members, list):
-            raise r.error("ensemble members must be a list of model ids", r.value_at(node, "members"))
-        for j, member in enumerate(members):
-            if member not in seen:
-                raise r.error(f"ensemble member {member!r} is not a model id" + suggest(str(member), seen),
-                              r.value_at(node["members"], j) if "members" in node else r.node_at(node))
-        params = r.params(spec.params, node.get("params"), f"combiner {spec.name!r}", node,
-                          "params" if "params" in node else None)
-        ensemble = EnsembleEntry(spec, params, tuple(str(m) for m in members), _one_based(r.key_at(node, "combiner")))
+        ensemble = _ensemble(r, node, "ensemble", models, seen)
+    arms = ()
+    if doc.get("arms") is not None:
+        if ensemble is not None:
+            raise r.error("a recipe has either an ensemble or arms, not both", r.key_at(doc, "arms"),
+                          "put the ensemble in an arm")
+        arms = _arms(r, doc, models, seen)
+    return Recipe(sources=tuple(sources), models=tuple(models), ensemble=ensemble, arms=arms, **recipe_fields)
 
-    return Recipe(sources=tuple(sources), models=tuple(models), ensemble=ensemble, **recipe_fields)
+
+def _ensemble(r: _Reader, node: Mapping, what: str, models: list[ModelEntry], seen: set[str]) -> EnsembleEntry:
+    r.check_keys(node, ("combiner", "params", "members"), what)
+    spec = r.lookup("combiner", r.required(node, "combiner", what), node, "combiner")
+    members = node.get("members") or [m.id for m in models]
+    if not isinstance(members, list):
+        raise r.error(f"{what} members must be a list of model ids", r.value_at(node, "members"))
+    for j, member in enumerate(members):
+        if member not in seen:
+            raise r.error(f"{what} member {member!r} is not a model id" + suggest(str(member), seen),
+                          r.value_at(node["members"], j) if "members" in node else r.node_at(node))
+    params = r.params(spec.params, node.get("params"), f"combiner {spec.name!r}", node,
+                      "params" if "params" in node else None)
+    return EnsembleEntry(spec, params, tuple(str(m) for m in members), _one_based(r.key_at(node, "combiner")))
+
+
+def _arms(r: _Reader, doc: Mapping, models: list[ModelEntry], seen: set[str]) -> tuple[ArmEntry, ...]:
+    node = r.mapping(doc["arms"], "arms", r.value_at(doc, "arms"))
+    if len(node) < 2:
+        raise r.error("arms needs at least two named arms to compare", r.value_at(doc, "arms"))
+    arms = []
+    for name, arm in node.items():
+        name = str(name)
+        if name in seen:
+            raise r.error(f"arm name {name!r} is also a model id; name arms differently", r.key_at(node, name))
+        arm = r.mapping(arm, f"arm {name!r}", r.value_at(node, name))
+        if "model" in arm:
+            r.check_keys(arm, ("model",), f"arm {name!r}")
+            if arm["model"] not in seen:
+                raise r.error(f"arm {name!r}: {arm['model']!r} is not a model id" + suggest(str(arm["model"]), seen),
+                              r.value_at(arm, "model"))
+            arms.append(ArmEntry(name, model=str(arm["model"])))
+        else:
+            arms.append(ArmEntry(name, ensemble=_ensemble(r, arm, f"arm {name!r}", models, seen)))
+    return tuple(arms)
 
 
 def _one_based(where: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -355,7 +395,7 @@ def _json_default(value: Any) -> Any:
 class Instances:
     sources: list[tuple[str, Any]]
     models: list[tuple[str, Any]]
-    combiner: tuple[str, Any, tuple[str, ...]] | None
+    ensembles: list[tuple[str, Any, tuple[str, ...]]]  # (name, combiner object, member ids)
 
 
 def instantiate(recipe: Recipe) -> Instances:
@@ -376,11 +416,11 @@ def instantiate(recipe: Recipe) -> Instances:
     if recipe.fills_path is not None:
         sources.append(("fills", _FillsSource(recipe.fills_path, recipe.target)))
     models = [(m.id, build(m.spec, m.params, m.id, f"model {m.id!r}", where=m.where)) for m in recipe.models]
-    combiner = None
-    if recipe.ensemble is not None:
-        e = recipe.ensemble
-        combiner = (e.spec.name, build(e.spec, e.params, "ensemble", f"combiner {e.spec.name!r}", e.members, e.where), e.members)
-    return Instances(sources, models, combiner)
+    named = [("ensemble", recipe.ensemble)] if recipe.ensemble is not None else []
+    named += [(arm.name, arm.ensemble) for arm in recipe.arms if arm.ensemble is not None]
+    ensembles = [(name, build(e.spec, e.params, name, f"combiner {e.spec.name!r} of {name!r}", e.members, e.where),
+                  e.members) for name, e in named]
+    return Instances(sources, models, ensembles)
 
 
 class _FillsSource:
@@ -410,4 +450,47 @@ def describe_recipe(recipe: Recipe) -> dict:
         "models": [f"{m.id} ({m.spec.name})" for m in recipe.models],
         "ensemble": None if recipe.ensemble is None else {
             "combiner": recipe.ensemble.spec.name, "members": list(recipe.ensemble.members)},
+        "arms": [arm.name for arm in recipe.arms],
     }
+
+
+# The parts of a recipe two arms must share to be compared on the same fills.
+_SHARED_FOR_AB = ("data", "target", "fills", "horizon", "threshold_bps", "seed")
+
+
+def merge_for_ab(a: Recipe, b: Recipe) -> Recipe:
+    """One recipe whose two arms are ``a`` and ``b``: shared data, one pass, models built once.
+
+    A model of ``b`` with the same plugin and parameters as one of ``a`` is the same instance; other ids
+    that collide are prefixed with the arm's name.  Each arm is its recipe's ensemble or, if it has none,
+    its single model.
+    """
+    for key in _SHARED_FOR_AB:
+        if a.plain.get(key) != b.plain.get(key):
+            raise RecipeError(f"{a.path} and {b.path} differ in {key!r}; an A/B compares arms on the same data, "
+                              "fills and label", hint=f"make {key!r} identical in both recipes")
+    name_a, name_b = (a.name, b.name) if a.name != b.name else ("A", "B")
+    models = list(a.models)
+    rename_b: dict[str, str] = {}
+    for m in b.models:
+        twin = next((x for x in models if x.spec.name == m.spec.name and x.params == m.params), None)
+        if twin is not None:
+            rename_b[m.id] = twin.id
+            continue
+        new_id = m.id if all(x.id != m.id for x in models) else f"{name_b}.{m.id}"
+        rename_b[m.id] = new_id
+        models.append(attrs.evolve(m, id=new_id))
+    arms = (_arm_of(a, name_a, {m.id: m.id for m in a.models}), _arm_of(b, name_b, rename_b))
+    return attrs.evolve(a, name=f"{name_a}_vs_{name_b}", models=tuple(models), ensemble=None, arms=arms,
+                        plain={"arms": {name_a: a.plain, name_b: b.plain}},
+                        sha256=hashlib.sha256((a.sha256 + b.sha256).encode()).hexdigest())
+
+
+def _arm_of(recipe: Recipe, name: str, ids: dict[str, str]) -> ArmEntry:
+    if recipe.ensemble is not None:
+        e = recipe.ensemble
+        return ArmEntry(name, ensemble=attrs.evolve(e, members=tuple(ids[m] for m in e.members)))
+    if len(recipe.models) == 1:
+        return ArmEntry(name, model=ids[recipe.models[0].id])
+    raise RecipeError(f"{recipe.path}: to be an arm, a recipe needs an ensemble or exactly one model",
+                      hint="add an ensemble section")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sigkit import scoring
+from sigkit import comparison, scoring
 from sigkit.engine import RunResult
 from sigkit.units import format_duration
 
@@ -50,7 +50,7 @@ def score_run(result: RunResult, *, min_confidence: float = 0.0, bins: int = 10,
         metrics = scoring.score_forecast(p, y, cost, p_ref, n_bins=bins, q=capture_q)
         metrics["coverage"] = (float(keep.sum()) / n_labelled) if n_labelled else None
         metrics["mean_confidence"] = _clean(float(np.mean(pred["confidence"][keep]))) if keep.any() else None
-        lags = _overlap_lags(fills["ts_ns"][keep], horizon_ns)
+        lags = comparison.overlap_lags(fills["ts_ns"][keep], horizon_ns)
         metrics["skill_test"] = _clean_dict(dataclasses.asdict(scoring.skill_test(p, p_ref, y, lags=lags)))
         ts = fills["ts_ns"][keep]
         period_ids = (ts - ts[0]) // ic_period_ns if len(ts) else ts
@@ -79,17 +79,12 @@ def score_run(result: RunResult, *, min_confidence: float = 0.0, bins: int = 10,
     return out
 
 
-def _overlap_lags(ts_ns: np.ndarray, horizon_ns: int) -> int:
-    """HAC lags covering the fills whose outcome windows overlap: the typical fill count per horizon."""
-    if len(ts_ns) < 2:
-        return 0
-    span = max(int(ts_ns[-1] - ts_ns[0]), 1)
-    per_horizon = len(ts_ns) * horizon_ns / span
-    return int(max(math.ceil(per_horizon), math.ceil(len(ts_ns) ** (1 / 3))))
-
-
-def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: list[dict], version: str) -> dict:
+def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: list[dict], version: str,
+                 n_boot: int = 1000) -> dict:
     ev = recipe.evaluation
+    for arm in recipe.arms:  # an arm that is a single model is scored as that model, under the arm's name
+        if arm.model is not None:
+            result.predictions[arm.name] = result.predictions[arm.model]
     scores = score_run(result, min_confidence=ev.min_confidence, bins=ev.bins, capture_q=ev.capture_q,
                        ic_period_ns=ev.ic_period_ns, ic_min_fills=ev.ic_min_fills, horizon_ns=recipe.horizon_ns)
     fills = result.fills
@@ -131,6 +126,7 @@ def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: lis
             "edge_rule": "edge = Brier skill vs the causal base rate with a one-sided HAC t >= 2",
         },
         "scores": scores,
+        **({"ab": ab_section(result, recipe, n_boot=n_boot)} if recipe.arms else {}),
         "states": _clean_dict(result.states),
         "timing": {
             "elapsed_s": round(result.elapsed_s, 3),
@@ -142,6 +138,30 @@ def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: lis
 # The IC t-statistic stays in report.json but not in the table: a model that adapts to outcomes inside
 # a period is rank-anti-correlated with that period's later outcomes, so its per-period IC is biased
 # negative (docs/metrics.md).  The table's verdict comes from skill_t, which has no such bias.
+# Bucket width of the sequential test: 10 s buckets of 1 s-horizon fills are close to independent, and
+# a 30-bucket burn-in then ends after five minutes of data.
+SEQUENTIAL_BUCKET_NS = 10_000_000_000
+
+
+def ab_section(result: RunResult, recipe, *, n_boot: int = 1000) -> dict:
+    """Each arm against the first, on the fills both score: paired tests, intervals, a verdict."""
+    ev = recipe.evaluation
+    fills = result.fills
+    base = recipe.arms[0].name
+    out = {"baseline": base, "comparisons": []}
+    for arm in recipe.arms[1:]:
+        a, b = result.predictions[base], result.predictions[arm.name]
+        scored = (fills["labelled"] & (a["confidence"] >= ev.min_confidence)
+                  & (b["confidence"] >= ev.min_confidence))
+        labelled = fills["labelled"]
+        cmp = comparison.compare(a["p"][labelled], b["p"][labelled], fills["was_adverse"][labelled],
+                                 fills["realized_as_bps"][labelled], fills["ts_ns"][labelled],
+                                 horizon_ns=recipe.horizon_ns, q=ev.capture_q, n_boot=n_boot, seed=recipe.seed,
+                                 scored=scored[labelled], names=(base, arm.name), bucket_ns=SEQUENTIAL_BUCKET_NS)
+        out["comparisons"].append({"a": base, "b": arm.name, **cmp})
+    return out
+
+
 TABLE_COLUMNS = ("model", "n_scored", "coverage", "brier", "brier_ref", "bss", "skill_t", "edge", "log_loss",
                  "ece", "capture@{q}", "lift@{q}")
 
@@ -200,20 +220,16 @@ def predictions_csv(result: RunResult) -> str:
     """One row per fill: where and what it was, every model's probability, the ensemble's, the outcome."""
     fills = result.fills
     ids = list(result.model_ids)
-    has_ensemble = "ensemble" in result.predictions
+    pooled = [name for name in result.predictions if name not in result.model_ids]  # ensembles and arms
     has_truth = len(fills["truth"]) and not np.isnan(fills["truth"]).all()
     header = ["ts_ns", "venue", "symbol", "side", "price"] + [f"p_{m}" for m in ids]
-    if has_ensemble:
-        header += ["p_ensemble", "confidence"]
-    else:
-        header += ["confidence"]
+    header += [f"p_{name}" for name in pooled] + ["confidence"]
     header += ["p_ref", "was_adverse", "realized_as_bps"] + (["p_true"] if has_truth else [])
-    conf_source = "ensemble" if has_ensemble else ids[-1]
+    conf_source = pooled[0] if pooled else ids[-1]
     columns = [fills["ts_ns"].astype(str).tolist(), fills["venue"].tolist(), fills["symbol"].tolist(),
                np.where(fills["side"] > 0, "bid", "ask").tolist(), _floats(fills["price"])]
     columns += [_floats(result.predictions[m]["p"]) for m in ids]
-    if has_ensemble:
-        columns.append(_floats(result.predictions["ensemble"]["p"]))
+    columns += [_floats(result.predictions[name]["p"]) for name in pooled]
     columns.append(_floats(result.predictions[conf_source]["confidence"]))
     adverse = np.where(np.isnan(fills["was_adverse"]), "", np.where(fills["was_adverse"] > 0, "1", "0")).tolist()
     columns += [_floats(fills["p_ref"]), adverse, _floats(fills["realized_as_bps"])]

@@ -204,7 +204,7 @@ def _run_model(sources, **params):
 
     model._reestimate = spy
     replay = Replay(sources=[(f"s{k}", ListSource(c)) for k, c in enumerate(sources)], models=[("ca", model)],
-                    combiner=None, target=TARGET, labelling=Labelling(H))
+                    target=TARGET, labelling=Labelling(H))
     return model, estimates, score_run(replay.run(), horizon_ns=H)["ca"]
 
 
@@ -258,7 +258,7 @@ def test_no_look_ahead_predictions_do_not_depend_on_what_follows():
     for minutes in (2, 3):
         model = CrossAsset(CrossAssetParams(), sigkit.RunContext(target=TARGET, horizon_ns=H))
         replay = Replay(sources=[("sim", ListSource(_simulate(spec, 5, minutes)))], models=[("ca", model)],
-                        combiner=None, target=TARGET, labelling=Labelling(H))
+                        target=TARGET, labelling=Labelling(H))
         results.append(replay.run())
     short, long = results
     n = len(short.fills["ts_ns"])

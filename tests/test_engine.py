@@ -45,9 +45,9 @@ class Spy:
         self.outcomes.append((len(self.seen), outcome))
 
 
-def _replay(chunks_by_source, models, *, public=True, horizons=(), combiner=None):
+def _replay(chunks_by_source, models, *, public=True, horizons=()):
     sources = [(f"s{i}", ListSource(c)) for i, c in enumerate(chunks_by_source)]
-    return Replay(sources=sources, models=models, combiner=combiner, target=sigkit.Market("v", "X"),
+    return Replay(sources=sources, models=models, target=sigkit.Market("v", "X"),
                   labelling=Labelling(H, 0.0, horizons), public_fills=public)
 
 

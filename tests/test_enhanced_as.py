@@ -213,7 +213,7 @@ def test_other_markets_do_not_move_the_prediction():
     def run(rows):
         rows = sorted(rows, key=lambda r: r["ts_ns"])
         return Replay(sources=[("s", ListSource([chunk_of(rows)]))], models=[("m", _model(scales_ns=(5_000_000,)))],
-                      combiner=None, target=sigkit.Market("v", "X"), labelling=Labelling(3_000_000, 0.0, ())).run()
+                      target=sigkit.Market("v", "X"), labelling=Labelling(3_000_000, 0.0, ())).run()
 
     alone, mixed = run(target), run(target + other)
     assert len(alone.predictions["m"]["p"]) == 400

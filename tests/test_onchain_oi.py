@@ -89,7 +89,7 @@ def _graft_stats(null_seed, stats_seed, duration_ns):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_null_world_with_uninformative_stats_no_edge(seed):
     model = new_model()
-    replay = Replay(sources=_graft_stats(seed, 100 + seed, 15 * 60 * S), models=[("oi", model)], combiner=None,
+    replay = Replay(sources=_graft_stats(seed, 100 + seed, 15 * 60 * S), models=[("oi", model)],
                     target=TARGET, labelling=Labelling(S))
     result = replay.run()
     s = score_run(result, horizon_ns=S)["oi"]
@@ -120,7 +120,7 @@ def test_prefix_invariance_predictions_do_not_depend_on_later_events(tmp_path):
 
 def _replay_oi_chunks(chunks):
     model = new_model()
-    result = Replay(sources=[("s", ListSource(chunks))], models=[("oi", model)], combiner=None, target=TARGET,
+    result = Replay(sources=[("s", ListSource(chunks))], models=[("oi", model)], target=TARGET,
                     labelling=Labelling(S)).run()
     return result.predictions["oi"]["p"]
 

@@ -194,7 +194,7 @@ def _sim_rows(world: str, seconds: int, seed: int = 1) -> np.ndarray:
 
 
 def _replay_rows(rows: np.ndarray, model) -> dict:
-    replay = Replay(sources=[("sim", ListSource([rows]))], models=[("pft", model)], combiner=None, target=SIM,
+    replay = Replay(sources=[("sim", ListSource([rows]))], models=[("pft", model)], target=SIM,
                     labelling=Labelling(S, 0.0, ()), public_fills=True)
     result = replay.run()
     return {"ts": result.fills["ts_ns"], "p": result.predictions["pft"]["p"]}

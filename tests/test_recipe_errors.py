@@ -110,4 +110,4 @@ def test_an_error_raised_while_building_a_model_names_it_and_its_line(tmp_path, 
     recipe = write(tmp_path, text)
     code, output = run_cli("run", str(recipe), "--quiet", "--out", str(tmp_path / "o"))
     assert code == 2, output
-    assert re.search(r"r\.yaml:13:3: combiner 'weighted': weighted combiner: 2 weights for 1 members", output), output
+    assert re.search(r"r\.yaml:13:3: combiner 'weighted' of 'ensemble': weighted combiner: 2 weights for 1 members", output), output
