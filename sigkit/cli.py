@@ -195,7 +195,9 @@ def _progress(span: tuple[int, int] | None, quiet: bool):
               help="Directory for report.json and predictions.csv  [default: sigkit-runs/<A>_vs_<B>]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no tables; errors still print.")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap replicates for the intervals.")
-def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int) -> None:
+@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Run every arm on this native event file (.csv or .csv.gz) instead of the recipes' data.")
+def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int, data_path: Path | None) -> None:
     """Compare ensembles on the same fills and say whether the difference is real.
 
     Give two recipes (A, the incumbent, then B, the candidate) that share their data, target, fills,
@@ -213,16 +215,19 @@ def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int
       sigkit ab recipes/ab_quickstart.yaml
     """
     from sigkit.engine import replay_from_recipe
-    from sigkit.recipe import load_recipe, merge_for_ab
+    from sigkit.recipe import load_recipe, merge_for_ab, with_native_data
     from sigkit.report import build_report, format_table, table_rows, write_outputs
 
     registry = _registry()
+    loaded = [load_recipe(path, registry) for path in recipes[:2]]
+    if data_path is not None:
+        loaded = [with_native_data(recipe, data_path, registry) for recipe in loaded]
     if len(recipes) == 1:
-        parsed = load_recipe(recipes[0], registry)
+        parsed = loaded[0]
         if not parsed.arms:
             raise SigkitError(f"{recipes[0]}: has no arms; give two recipes or add an `arms:` section")
     elif len(recipes) == 2:
-        parsed = merge_for_ab(load_recipe(recipes[0], registry), load_recipe(recipes[1], registry))
+        parsed = merge_for_ab(*loaded)
     else:
         raise SigkitError("sigkit ab takes two recipes (A then B) or one recipe with arms")
     replay = replay_from_recipe(parsed)

@@ -494,3 +494,13 @@ def _arm_of(recipe: Recipe, name: str, ids: dict[str, str]) -> ArmEntry:
         return ArmEntry(name, model=ids[recipe.models[0].id])
     raise RecipeError(f"{recipe.path}: to be an arm, a recipe needs an ensemble or exactly one model",
                       hint="add an ensemble section")
+
+
+def with_native_data(recipe: Recipe, path: Path, registry: Registry) -> Recipe:
+    """``recipe`` reading its events from a native file instead of its own data section."""
+    spec = registry.lookup("source", "native")
+    if not Path(path).exists():
+        raise RecipeError(f"{path}: no such data file")
+    params = build_params(spec.params, {"path": str(Path(path).resolve())}, owner="source 'native'")
+    plain = dict(recipe.plain, data=[{"source": "native", "path": str(path)}])
+    return attrs.evolve(recipe, sources=(SourceEntry("native", spec, params),), plain=plain)

@@ -86,3 +86,18 @@ def test_recipes_that_differ_in_data_cannot_be_compared(tmp_path):
 def test_bad_arms_are_located_errors(tmp_path, body, message):
     code, output = ab(write(tmp_path, "bad", body))
     assert code == 2 and message in output and "bad.yaml:" in output, output
+
+
+def test_data_option_runs_both_arms_on_a_given_file(tmp_path):
+    data = tmp_path / "m.csv.gz"
+    assert CliRunner().invoke(main, ["simulate", "--world", "informed", "--duration", "4m", "--seed", "9",
+                                     "--out", str(data)]).exit_code == 0
+    a = write(tmp_path, "a", "models:\n  - id: base_rate\n    model: base_rate\n", world="null", seed=1)
+    b = write(tmp_path, "b", "models:\n  - id: flow\n    model: flow\n", world="null", seed=1)
+    out = tmp_path / "out"
+    code, output = ab(a, b, "--data", data, "--out", out)
+    assert code == 0, output
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["sources"][0]["source"] == "native"
+    assert report["data"]["fills"] > 1000  # four informed minutes, not the recipes' null world
+    assert report["ab"]["comparisons"][0]["verdict"]["better"] == "b"
