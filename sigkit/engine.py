@@ -63,6 +63,7 @@ class RunResult:
     first_ts_ns: int | None
     last_ts_ns: int | None
     states: dict[str, dict]  # id (or "ensemble") -> what describe() said at the end
+    state_history: list[dict]  # [{"ts_ns": t, "states": {...}}] every snapshot interval of event time
     completed: bool
     stop_reason: str | None
     elapsed_s: float
@@ -149,10 +150,11 @@ class Replay:
 
     def __init__(self, *, sources: Sequence[tuple[str, Any]], models: Sequence[tuple[str, Any]],
                  ensembles: Sequence[tuple[str, Any, Sequence[str]]] = (), target: Market, labelling: Labelling,
-                 public_fills: bool = True):
+                 public_fills: bool = True, snapshot_interval_ns: int | None = None):
         self.target = target
         self.labelling = labelling
         self.public_fills = public_fills
+        self.snapshot_interval_ns = snapshot_interval_ns  # how often describe() is recorded (None: only at the end)
         self.sources = [(label, resolve_hooks(obj, "source", f"source {label!r}")) for label, obj in sources]
         self.model_ids = [mid for mid, _ in models]
         if len(set(self.model_ids)) != len(self.model_ids):
@@ -245,6 +247,8 @@ class _State:
         self.events_total = 0
         self.first_ts = None
         self.last_ts = None
+        self.history: list[dict] = []
+        self.next_snapshot = None
         # One entry per fill.
         self.queries: list[FillQuery] = []
         self.mid_at_fill: list[float] = []
@@ -304,6 +308,8 @@ class _State:
         fp = 0
         if self.first_ts is None:
             self.first_ts = ts[0]
+            if self.replay.snapshot_interval_ns:
+                self.next_snapshot = ts[0] + self.replay.snapshot_interval_ns
         k = 0
         t = ts[0]
         try:
@@ -312,6 +318,8 @@ class _State:
                 if new_group_l[k]:
                     if self.pending and self.pending[0][0] < t:
                         self.deliver_due(t)
+                    if self.next_snapshot is not None and t >= self.next_snapshot:
+                        self.snapshot(t)
                     end = group_end[k]
                     while fill_rows[fp] < end:
                         f = fill_rows[fp]
@@ -422,6 +430,20 @@ class _State:
                     combiner_outcome(outcome, [preds[i] for i in member_index])
             self.reference.update(outcome.was_adverse, query.ts_ns)
 
+    def describe_all(self) -> dict[str, dict]:
+        states = {mid: hooks["describe"]() for mid, hooks in zip(self.replay.model_ids, self.replay._hooks)
+                  if "describe" in hooks}
+        for name, chooks, _ in self.replay.ensembles:
+            if "describe" in chooks:
+                states[name] = chooks["describe"]()
+        return states
+
+    def snapshot(self, now_ns: int) -> None:
+        """Record what every model and combiner says of itself, as of just before ``now_ns``."""
+        self.history.append({"ts_ns": now_ns, "states": self.describe_all()})
+        interval = self.replay.snapshot_interval_ns
+        self.next_snapshot += ((now_ns - self.next_snapshot) // interval + 1) * interval
+
     def result(self, *, completed: bool, stop_reason: str | None, elapsed_s: float) -> RunResult:
         q = self.queries
         fills = {
@@ -449,13 +471,9 @@ class _State:
             predictions[name] = {"p": np.array(self.ens_p[e], dtype=float),
                                  "confidence": np.array(self.ens_conf[e], dtype=float),
                                  "cost_bps": np.array(self.ens_cost[e], dtype=float)}
-        states = {mid: hooks["describe"]() for mid, hooks in zip(self.replay.model_ids, self.replay._hooks)
-                  if "describe" in hooks}
-        for name, chooks, _ in self.replay.ensembles:
-            if "describe" in chooks:
-                states[name] = chooks["describe"]()
         return RunResult(
-            model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=states,
+            model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=self.describe_all(),
+            state_history=self.history,
             markout_horizons_ns=self.horizons, events=dict(self.events), first_ts_ns=self.first_ts,
             last_ts_ns=self.last_ts, completed=completed, stop_reason=stop_reason, elapsed_s=elapsed_s,
         )
@@ -481,4 +499,5 @@ def replay_from_recipe(recipe) -> Replay:
     built = instantiate(recipe)
     labelling = Labelling(recipe.horizon_ns, recipe.threshold_bps, recipe.evaluation.markout_horizons_ns)
     return Replay(sources=built.sources, models=built.models, ensembles=built.ensembles, target=recipe.target,
-                  labelling=labelling, public_fills=recipe.fills_path is None)
+                  labelling=labelling, public_fills=recipe.fills_path is None,
+                  snapshot_interval_ns=recipe.evaluation.snapshot_interval_ns)

@@ -145,6 +145,7 @@ class RegimeTracker:
         self._spread = [0.0, 0.0]  # decayed sums of spread
         self._weight = [0.0, 0.0]  # decayed counts of spread observations
         self._last_ts = None
+        self._first_ts = None
         self._last_mid = None
 
     @property
@@ -162,9 +163,17 @@ class RegimeTracker:
         if self._last_ts is None or ts_ns > self._last_ts:
             self._last_ts = ts_ns
 
+    def _span(self, k: int, ts_ns: int) -> float:
+        """The decay-weighted length of time (ns) the k-th estimate has covered by ``ts_ns``."""
+        rate = self._rates[k]
+        elapsed = max(ts_ns - self._first_ts, 1) if self._first_ts is not None else 1
+        return -math.expm1(-rate * elapsed) / rate
+
     def on_book_update(self, book) -> None:
         if book.venue != self.venue or book.symbol != self.symbol:
             return
+        if self._first_ts is None:
+            self._first_ts = book.ts_ns
         mid = 0.5 * (book.bid_px + book.ask_px)
         if not mid > 0:
             return
@@ -183,8 +192,9 @@ class RegimeTracker:
         state = 0
         for bit, dim in enumerate(self.dimensions):
             if dim == "volatility":
-                # Decayed sums over their own time constants are rates per unit time.
-                high = self._var[0] * self._rates[0] > self._var[1] * self._rates[1] * self.ratio
+                # A decayed sum over the decayed length of time it covers is a rate per unit time (early in
+                # a run the slow window has not filled yet, so dividing by its full length would bias it low).
+                high = self._var[0] / self._span(0, ts_ns) > self._var[1] / self._span(1, ts_ns) * self.ratio
             else:
                 high = (self._weight[0] > 0 and self._weight[1] > 0
                         and self._spread[0] / self._weight[0] > self._spread[1] / self._weight[1] * self.ratio)

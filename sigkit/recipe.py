@@ -25,7 +25,8 @@ from sigkit.units import format_duration, parse_duration
 
 TOP_LEVEL_KEYS = ("name", "description", "seed", "data", "target", "fills", "horizon", "threshold_bps",
                   "models", "ensemble", "arms", "evaluation")
-EVALUATION_KEYS = ("min_confidence", "markout_horizons", "ic_period", "ic_min_fills", "bins", "capture_q")
+EVALUATION_KEYS = ("min_confidence", "markout_horizons", "ic_period", "ic_min_fills", "bins", "capture_q",
+                   "snapshot_interval")
 DEFAULT_MARKOUT_HORIZONS = ("100ms", "1s", "5s", "30s")
 DEFAULT_HORIZON_NS = parse_duration("1s")
 
@@ -71,6 +72,7 @@ class Evaluation:
     ic_min_fills: int = 30
     bins: int = 10
     capture_q: float = 0.10
+    snapshot_interval_ns: int = parse_duration("1m")
 
 
 @attrs.frozen
@@ -364,6 +366,8 @@ def _evaluation(r: _Reader, doc: Mapping) -> Evaluation:
         values["markout_horizons_ns"] = tuple(r.duration(seq, i, "markout_horizons") for i in range(len(seq)))
     if "ic_period" in node:
         values["ic_period_ns"] = r.duration(node, "ic_period", "ic_period")
+    if "snapshot_interval" in node:
+        values["snapshot_interval_ns"] = r.duration(node, "snapshot_interval", "snapshot_interval")
     for key, low in (("bins", 2), ("ic_min_fills", 2)):
         if key in node:
             v = node[key]

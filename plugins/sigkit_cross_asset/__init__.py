@@ -179,7 +179,8 @@ class CrossAsset:
             out.update(lag=sigkit.format_duration(e.lag_ns) if e.lag_ns >= 0 else "-" + sigkit.format_duration(-e.lag_ns),
                        lag_ns=e.lag_ns, correlation=e.correlation, correlation_at_zero=e.correlation_at_zero,
                        lead_lag_ratio=e.lead_lag_ratio, z_score=e.z_score, n_leader_changes=e.n_leader,
-                       n_target_changes=e.n_follower, estimated_at_ns=e.ts_ns)
+                       n_target_changes=e.n_follower, estimated_at_ns=e.ts_ns,
+                       curve={"shifts_ns": list(e.shifts_ns), "correlation": list(e.rho)})
         return out
 
     # -- market events -------------------------------------------------------------------------------

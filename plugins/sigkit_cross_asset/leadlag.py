@@ -56,6 +56,8 @@ class LeadLagEstimate:
     n_leader: int
     n_follower: int
     ts_ns: int | None = None  # event time at which the estimate was made (None outside a replay)
+    shifts_ns: tuple[int, ...] = ()  # the grid, and ρ on it: the cross-correlation curve behind the lag
+    rho: tuple[float, ...] = ()
 
 
 def shift_grid(lead_max_ns: int, lag_max_ns: int, step_ns: int) -> np.ndarray:
@@ -173,7 +175,8 @@ def estimate_lead_lag(x_ts, x, y_ts, y, shifts_ns, *, ts_ns: int | None = None) 
     z = float(u[best] / np.sqrt(v[best])) if v[best] > 0 else 0.0
     return LeadLagEstimate(
         lag_ns=int(shifts[best]), correlation=float(rho[best]), correlation_at_zero=float(rho[zero]),
-        lead_lag_ratio=lead_lag_ratio(shifts, rho), z_score=z, n_leader=len(dx), n_follower=len(dy), ts_ns=ts_ns)
+        lead_lag_ratio=lead_lag_ratio(shifts, rho), z_score=z, n_leader=len(dx), n_follower=len(dy), ts_ns=ts_ns,
+        shifts_ns=tuple(shifts.tolist()), rho=tuple(rho.tolist()))
 
 
 def lead_lag_ratio(shifts_ns, rho) -> float:
