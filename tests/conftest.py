@@ -11,6 +11,19 @@ from sigkit.events import BOOK, FILL, STAT, TRADE, empty_chunk
 SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+#: The head of a recipe over one simulated world; format with name, seed, world, duration and append models.
+SIM_RECIPE_HEAD = """\
+name: {name}
+seed: {seed}
+data:
+  - source: simulate
+    world: "{world}"
+    duration: {duration}
+target: {{venue: sim, symbol: BTC-PERP}}
+horizon: 1s
+"""
+
+
 def chunk_of(rows: list[dict]) -> np.ndarray:
     """A chunk from dicts like {"ts_ns": 5, "kind": TRADE, "side": 1, "price": 100.0, ...}."""
     chunk = empty_chunk(len(rows))

@@ -12,16 +12,9 @@ from sigkit.engine import replay_from_recipe
 from sigkit.plugins import build_registry
 from sigkit.recipe import load_recipe, merge_for_ab
 
-HEAD = """\
-name: {name}
-seed: {seed}
-data:
-  - source: simulate
-    world: "{world}"
-    duration: {duration}
-target: {{venue: sim, symbol: BTC-PERP}}
-horizon: 1s
-"""
+from conftest import SIM_RECIPE_HEAD
+
+HEAD = SIM_RECIPE_HEAD
 
 
 def write(tmp_path, name, body, world="informed", seed=3, duration="6m"):

@@ -19,7 +19,7 @@ from sigkit_cross_asset import (
     hy_shifted_covariance_brute, lead_lag_ratio, shift_grid,
 )
 
-from conftest import ListSource, book, chunk_of
+from conftest import SIM_RECIPE_HEAD, ListSource, book, chunk_of
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -270,15 +270,7 @@ def test_no_look_ahead_predictions_do_not_depend_on_what_follows():
 
 # -- end to end through recipes -----------------------------------------------------------------------------
 
-RECIPE = """\
-name: {name}
-seed: {seed}
-data:
-  - source: simulate
-    world: "{world}"
-    duration: {duration}
-target: {{venue: sim, symbol: BTC-PERP}}
-horizon: 1s
+RECIPE = SIM_RECIPE_HEAD + """\
 models:
   - id: base_rate
     model: base_rate

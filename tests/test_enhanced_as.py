@@ -17,17 +17,9 @@ from sigkit_enhanced_as import (
     RELATIVE_SD_FLOOR, EnhancedAS, EnhancedASParams, EventTimeScales, OnlinePlatt, OnlineStandardiser, ofi_event,
 )
 
-from conftest import ListSource, book, chunk_of, trade
+from conftest import SIM_RECIPE_HEAD, ListSource, book, chunk_of, trade
 
-RECIPE = """\
-name: {name}
-seed: {seed}
-data:
-  - source: simulate
-    world: "{world}"
-    duration: {duration}
-target: {{venue: sim, symbol: BTC-PERP}}
-horizon: 1s
+RECIPE = SIM_RECIPE_HEAD + """\
 models:
   - id: base_rate
     model: base_rate

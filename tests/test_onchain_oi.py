@@ -17,21 +17,13 @@ from sigkit.recipe import load_recipe
 from sigkit.report import build_report, score_run
 from sigkit_onchain_oi import EWRate, OnchainOI, OnchainOIParams, OnlineStandardiser
 
-from conftest import ListSource
+from conftest import SIM_RECIPE_HEAD, ListSource
 
 S = 1_000_000_000
 T0 = sim.DEFAULT_START_NS
 TARGET = sigkit.Market("sim", "BTC-PERP")
 
-RECIPE = """\
-name: {name}
-seed: {seed}
-data:
-  - source: simulate
-    world: "{world}"
-    duration: {duration}
-target: {{venue: sim, symbol: BTC-PERP}}
-horizon: 1s
+RECIPE = SIM_RECIPE_HEAD + """\
 models:
   - id: oi
     model: onchain_oi

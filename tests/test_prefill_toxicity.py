@@ -16,7 +16,7 @@ from sigkit.report import build_report
 from sigkit_prefill_toxicity import FEATURES, FeatureScaler, PreFillToxicity, PreFillToxicityParams
 from sigkit_prefill_toxicity.features import KyleLambda, SignSurprise, TradeIntensity, VolumeBuckets
 
-from conftest import ListSource, book, chunk_of, trade
+from conftest import SIM_RECIPE_HEAD, ListSource, book, chunk_of, trade
 
 S = 1_000_000_000
 SIM = sigkit.Market("sim", "BTC-PERP")
@@ -265,15 +265,7 @@ def test_events_at_or_after_the_fill_do_not_change_its_prediction():
 
 # -- simulated worlds, end to end ---------------------------------------------------------------------
 
-RECIPE = """\
-name: {name}
-seed: {seed}
-data:
-  - source: simulate
-    world: "{world}"
-    duration: {duration}
-target: {{venue: sim, symbol: BTC-PERP}}
-horizon: 1s
+RECIPE = SIM_RECIPE_HEAD + """\
 models:
   - id: flow
     model: flow

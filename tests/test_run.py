@@ -20,15 +20,9 @@ from sigkit.plugins import build_registry
 from sigkit.recipe import load_recipe
 from sigkit.report import build_report
 
-RECIPE = """\
-name: {name}
-seed: {seed}
-data:
-  - source: simulate
-    world: "{world}"
-    duration: {duration}
-target: {{venue: sim, symbol: BTC-PERP}}
-horizon: 1s
+from conftest import SIM_RECIPE_HEAD
+
+RECIPE = SIM_RECIPE_HEAD + """\
 models:
   - id: base_rate
     model: base_rate
