@@ -66,7 +66,8 @@ def _registry(warn: bool = True):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for report.json and predictions.csv  [default: sigkit-runs/<recipe name>]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table; errors still print.")
-def run(recipe: Path, out_dir: Path | None, quiet: bool) -> None:
+@click.option("--html", is_flag=True, help="Also write OUT/report.html with figures (needs sigkit[report]).")
+def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool) -> None:
     """Replay RECIPE's data through its models and score every fill.
 
     Every model is asked about each fill before the fill's own trade is revealed, learns from every
@@ -80,21 +81,11 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool) -> None:
     Example:
       sigkit run recipes/quickstart.yaml --out runs/quick
     """
-    from sigkit.engine import replay_from_recipe
     from sigkit.recipe import load_recipe
-    from sigkit.report import build_report, format_table, table_rows, write_outputs
+    from sigkit.report import format_table, table_rows
 
-    registry = _registry()
-    parsed = load_recipe(recipe, registry)
-    replay = replay_from_recipe(parsed)
-    out_dir = out_dir or Path("sigkit-runs") / parsed.name
-
-    stop = _StopFlag()
-    with stop.installed(), _progress(replay.span_ns(), quiet) as progress:
-        result = replay.run(progress=progress, should_stop=stop.reason)
-    plugins = _plugins_used(parsed)
-    report = build_report(result, parsed, sources=replay.describe_sources(), plugins=plugins, version=_version())
-    report_path, predictions_path = write_outputs(out_dir, report, result)
+    parsed = load_recipe(recipe, _registry())
+    report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html)
     if not quiet:
         header, rows = table_rows(report)
         click.echo(format_table(header, rows))
@@ -103,7 +94,29 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool) -> None:
                    f"horizon {report['label']['horizon']}, base rate "
                    f"{'-' if data['base_rate'] is None else format(data['base_rate'], '.3f')}, "
                    f"{report['timing']['events_per_s'] or '-'} events/s")
-    click.echo(f"wrote {report_path} and {predictions_path}", err=quiet)
+    _finish(result, paths, stop, quiet)
+
+
+def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, n_boot: int = 1000):
+    """Replay a validated recipe (stoppable by SIGTERM/Ctrl-C), then write its report and predictions."""
+    from sigkit.engine import replay_from_recipe
+    from sigkit.report import build_report, write_outputs
+
+    replay = replay_from_recipe(parsed)
+    out_dir = out_dir or Path("sigkit-runs") / parsed.name
+    stop = _StopFlag()
+    with stop.installed(), _progress(replay.span_ns(), quiet) as progress:
+        result = replay.run(progress=progress, should_stop=stop.reason)
+    report = build_report(result, parsed, sources=replay.describe_sources(), plugins=_plugins_used(parsed),
+                          version=_version(), n_boot=n_boot)
+    paths = write_outputs(out_dir, report, result)
+    if html:
+        _render_html(out_dir, quiet)
+    return report, result, paths, stop
+
+
+def _finish(result, paths: tuple[Path, Path], stop: "_StopFlag", quiet: bool) -> None:
+    click.echo(f"wrote {paths[0]} and {paths[1]}", err=quiet)
     if not result.completed:
         click.echo(f"run stopped: {result.stop_reason}; wrote what was processed, report marked incomplete", err=True)
         # The shell convention for a process ended by a signal: 128 + its number (143 SIGTERM, 130 Ctrl-C).
@@ -197,7 +210,9 @@ def _progress(span: tuple[int, int] | None, quiet: bool):
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap replicates for the intervals.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run every arm on this native event file (.csv or .csv.gz) instead of the recipes' data.")
-def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int, data_path: Path | None) -> None:
+@click.option("--html", is_flag=True, help="Also write OUT/report.html with figures (needs sigkit[report]).")
+def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int, data_path: Path | None,
+       html: bool) -> None:
     """Compare ensembles on the same fills and say whether the difference is real.
 
     Give two recipes (A, the incumbent, then B, the candidate) that share their data, target, fills,
@@ -214,9 +229,8 @@ def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int
       sigkit ab recipes/quickstart.yaml candidate.yaml --out runs/ab
       sigkit ab recipes/ab_quickstart.yaml
     """
-    from sigkit.engine import replay_from_recipe
     from sigkit.recipe import load_recipe, merge_for_ab, with_native_data
-    from sigkit.report import build_report, format_table, table_rows, write_outputs
+    from sigkit.report import format_table, table_rows
 
     registry = _registry()
     loaded = [load_recipe(path, registry) for path in recipes[:2]]
@@ -230,14 +244,7 @@ def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int
         parsed = merge_for_ab(*loaded)
     else:
         raise SigkitError("sigkit ab takes two recipes (A then B) or one recipe with arms")
-    replay = replay_from_recipe(parsed)
-    out_dir = out_dir or Path("sigkit-runs") / parsed.name
-    stop = _StopFlag()
-    with stop.installed(), _progress(replay.span_ns(), quiet) as progress:
-        result = replay.run(progress=progress, should_stop=stop.reason)
-    report = build_report(result, parsed, sources=replay.describe_sources(), plugins=_plugins_used(parsed),
-                          version=_version(), n_boot=n_boot)
-    report_path, predictions_path = write_outputs(out_dir, report, result)
+    report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html, n_boot=n_boot)
     if not quiet:
         header, rows = table_rows(report)
         click.echo(format_table(header, rows))
@@ -245,10 +252,7 @@ def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int
         click.echo(format_table(*ab_rows(report)))
         for c in report["ab"]["comparisons"]:
             click.echo(f"\n{c['b']} vs {c['a']}: {c['verdict']['text']}")
-    click.echo(f"wrote {report_path} and {predictions_path}", err=quiet)
-    if not result.completed:
-        click.echo(f"run stopped: {result.stop_reason}; wrote what was processed, report marked incomplete", err=True)
-        sys.exit(128 + (stop.signum or signal.SIGINT))
+    _finish(result, paths, stop, quiet)
 
 
 def ab_rows(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -270,6 +274,34 @@ def ab_rows(report: dict) -> tuple[list[str], list[list[str]]]:
 
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _render_html(run_dir: Path, quiet: bool) -> Path:
+    from sigkit.html_report import render_report
+
+    path = render_report(run_dir)
+    click.echo(f"wrote {path}", err=quiet)
+    return path
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write  [default: RUN_DIR/report.html]")
+def report(run_dir: Path, out_path: Path | None) -> None:
+    """Render an earlier run's directory (report.json + predictions.csv) as one self-contained HTML file.
+
+    Reliability diagrams, markout curves, cumulative gain, rolling skill and member weights, the A/B
+    difference over time and the lead-lag curve, with the recipe, data span, versions and seed on top.
+    Needs matplotlib: pip install 'sigkit[report]'.
+
+    \b
+    Example:
+      sigkit run recipes/quickstart.yaml --out runs/q && sigkit report runs/q
+    """
+    from sigkit.html_report import render_report
+
+    click.echo(f"wrote {render_report(run_dir, out_path)}")
 
 
 @main.command()

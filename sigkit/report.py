@@ -254,12 +254,13 @@ def write_outputs(out_dir: Path, report: dict, result: RunResult) -> tuple[Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "report.json"
     predictions_path = out_dir / "predictions.csv"
-    _atomic_write(predictions_path, predictions_csv(result))
-    _atomic_write(report_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    atomic_write(predictions_path, predictions_csv(result))
+    atomic_write(report_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report_path, predictions_path
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name, so the file is complete or absent."""
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
