@@ -145,12 +145,14 @@ class Replay:
 
     ``sources`` are ``(label, source_object)``; ``models`` are ``(model_id, model_object)`` in recipe
     order; ``ensembles`` are ``(name, combiner_object, member_ids)``, each scored under its name (a
-    plain recipe has one, named ``ensemble``; an A/B run has one per arm).
+    plain recipe has one, named ``ensemble``; an A/B run has one per arm).  ``provenance`` maps model ids
+    to where they came from (plugin, distribution, version), for error messages.
     """
 
     def __init__(self, *, sources: Sequence[tuple[str, Any]], models: Sequence[tuple[str, Any]],
                  ensembles: Sequence[tuple[str, Any, Sequence[str]]] = (), target: Market, labelling: Labelling,
-                 public_fills: bool = True, snapshot_interval_ns: int | None = None):
+                 public_fills: bool = True, snapshot_interval_ns: int | None = None,
+                 provenance: dict[str, str] | None = None):
         self.target = target
         self.labelling = labelling
         self.public_fills = public_fills
@@ -163,7 +165,8 @@ class Replay:
         self._hooks = []
         for mid, obj in models:
             self._hooks.append(resolve_hooks(obj, "model", f"model {mid!r}"))
-            self._owner[id(obj)] = f"model {mid!r}"
+            where = (provenance or {}).get(mid)
+            self._owner[id(obj)] = f"model {mid!r}" + (f" ({where})" if where else "")
         self.ensembles = []  # (name, hooks, member indices)
         for name, obj, members in ensembles:
             unknown = [m for m in members if m not in self.model_ids]
@@ -500,4 +503,6 @@ def replay_from_recipe(recipe) -> Replay:
     labelling = Labelling(recipe.horizon_ns, recipe.threshold_bps, recipe.evaluation.markout_horizons_ns)
     return Replay(sources=built.sources, models=built.models, ensembles=built.ensembles, target=recipe.target,
                   labelling=labelling, public_fills=recipe.fills_path is None,
-                  snapshot_interval_ns=recipe.evaluation.snapshot_interval_ns)
+                  snapshot_interval_ns=recipe.evaluation.snapshot_interval_ns,
+                  provenance={m.id: f"{m.spec.name} from {m.spec.distribution} {m.spec.version}".rstrip()
+                              for m in recipe.models})

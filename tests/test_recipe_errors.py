@@ -111,3 +111,45 @@ def test_an_error_raised_while_building_a_model_names_it_and_its_line(tmp_path, 
     code, output = run_cli("run", str(recipe), "--quiet", "--out", str(tmp_path / "o"))
     assert code == 2, output
     assert re.search(r"r\.yaml:13:3: combiner 'weighted' of 'ensemble': weighted combiner: 2 weights for 1 members", output), output
+
+
+RAISING_PLUGIN = '''
+import sigkit
+
+
+class Raises:
+    def __init__(self, params, context):
+        pass
+
+    def on_trade(self, trade):
+        raise RuntimeError("feed handler exploded")
+
+    def predict(self, query):
+        return sigkit.Prediction(0.5)
+
+
+@sigkit.hookimpl
+def register_models(register):
+    register(sigkit.ModelSpec("raises", Raises))
+'''
+
+
+def test_a_plugin_that_raises_mid_run_is_named_with_model_hook_and_time(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from sigkit import plugins
+
+    module = types.ModuleType("raising_plugin")
+    exec(RAISING_PLUGIN, module.__dict__)
+    monkeypatch.setitem(sys.modules, "raising_plugin", module)
+    real = plugins.build_registry
+    monkeypatch.setattr(plugins, "build_registry", lambda **kw: real(plugins=[module], **kw))
+    recipe = write(tmp_path, "data:\n  - source: simulate\n    duration: 1m\ntarget: {venue: sim, symbol: BTC-PERP}\n"
+                             "models:\n  - id: bad\n    model: raises\n")
+    out = tmp_path / "out"
+    code, output = run_cli("run", str(recipe), "--quiet", "--out", str(out))
+    assert code == 2, output
+    assert re.search(r"model 'bad' \(raises from \(registered directly\)\) raised RuntimeError in on_trade "
+                     r"at ts_ns=\d+: feed handler exploded", output), output
+    assert len(output.strip().splitlines()) == 1 and not out.exists()
