@@ -19,7 +19,7 @@ from sigkit.learn import (
     REGIME_DIMENSIONS, ConditionalCost, OnlineLogistic, RegimeTracker, RunningBaseRate, evidence_confidence, logit, sigmoid,
 )
 from sigkit.params import duration, param, path
-from sigkit.plugins import CombinerSpec, ModelSpec, SourceSpec
+from sigkit.plugins import PLUGIN_API_VERSION, CombinerSpec, ModelSpec, SourceSpec
 from sigkit.units import format_duration, parse_duration
 
 try:
@@ -38,7 +38,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'sigkit' has no attribute {name!r}")
 
 __all__ = [
-    "REGIME_DIMENSIONS", "ASK", "BID", "BOOK", "BUY", "DEPTH_LEVELS", "EVENT_DTYPE", "FILL", "SELL", "STAT",
+    "PLUGIN_API_VERSION", "REGIME_DIMENSIONS", "ASK", "BID", "BOOK", "BUY", "DEPTH_LEVELS", "EVENT_DTYPE", "FILL", "SELL", "STAT",
     "TRADE", "BookUpdate", "CombinerSpec", "ConditionalCost", "DataError", "DurationError", "FillQuery",
     "Market", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PluginError",
     "Prediction", "RecipeError", "RegimeTracker", "RunContext", "RunningBaseRate", "SigkitError", "SourceSpec", "Trade",

@@ -36,7 +36,10 @@ def _version() -> str:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(version=None, package_name="sigkit", message="sigkit %(version)s")
-def main() -> None:
+@click.option("--no-plugins", is_flag=True,
+              help="Load only sigkit's built-in plugins (same as SIGKIT_NO_PLUGINS=1).")
+@click.pass_context
+def main(ctx: click.Context, no_plugins: bool) -> None:
     """sigkit: toxicity signals for market makers, replayed causally and scored honestly.
 
     \b
@@ -47,14 +50,18 @@ def main() -> None:
       sigkit plugins                              what models, sources and combiners are installed
 
     Exit codes: 0 success, 2 a problem with your input (one line says what and where), 1 a bug in sigkit.
-    Set SIGKIT_DEBUG=1 to see the traceback behind an input error.
+    Set SIGKIT_DEBUG=1 to see the traceback behind an input error.  Plugins: SIGKIT_LOAD_PLUGINS=a,b loads
+    only those, SIGKIT_DISABLE_PLUGINS=a skips one, --no-plugins keeps only the built-ins.
     """
+    ctx.obj = {"builtins_only": no_plugins}
 
 
 def _registry(warn: bool = True):
     from sigkit.plugins import build_registry
 
-    registry = build_registry()
+    ctx = click.get_current_context(silent=True)
+    builtins_only = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("builtins_only"))
+    registry = build_registry(builtins_only=builtins_only)
     if warn:
         for failure in registry.failures:
             click.echo(f"warning: {failure}; skipped", err=True)
@@ -116,6 +123,9 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
 
 
 def _finish(result, paths: tuple[Path, Path], stop: "_StopFlag", quiet: bool) -> None:
+    for model_id, why in result.dropped.items():
+        click.echo(f"warning: model {model_id!r} was dropped at ts_ns={why['ts_ns']} ({why['hook']} raised "
+                   f"{why['error']}); it predicted the base rate from then on (on_error: drop)", err=True)
     click.echo(f"wrote {paths[0]} and {paths[1]}", err=quiet)
     if not result.completed:
         click.echo(f"run stopped: {result.stop_reason}; wrote what was processed, report marked incomplete", err=True)

@@ -64,6 +64,7 @@ class RunResult:
     last_ts_ns: int | None
     states: dict[str, dict]  # id (or "ensemble") -> what describe() said at the end
     state_history: list[dict]  # [{"ts_ns": t, "states": {...}}] every snapshot interval of event time
+    dropped: dict[str, dict]  # model id -> {hook, ts_ns, error} for models dropped under on_error: drop
     completed: bool
     stop_reason: str | None
     elapsed_s: float
@@ -146,17 +147,22 @@ class Replay:
     ``sources`` are ``(label, source_object)``; ``models`` are ``(model_id, model_object)`` in recipe
     order; ``ensembles`` are ``(name, combiner_object, member_ids)``, each scored under its name (a
     plain recipe has one, named ``ensemble``; an A/B run has one per arm).  ``provenance`` maps model ids
-    to where they came from (plugin, distribution, version), for error messages.
+    to where they came from (plugin, distribution, version), for error messages.  ``on_error="drop"``
+    turns a model that raises into the causal base rate with confidence 0 from then on (so ensembles keep
+    their members) and records why in the result, instead of stopping the run.
     """
 
     def __init__(self, *, sources: Sequence[tuple[str, Any]], models: Sequence[tuple[str, Any]],
                  ensembles: Sequence[tuple[str, Any, Sequence[str]]] = (), target: Market, labelling: Labelling,
                  public_fills: bool = True, snapshot_interval_ns: int | None = None,
-                 provenance: dict[str, str] | None = None):
+                 provenance: dict[str, str] | None = None, on_error: str = "stop"):
         self.target = target
         self.labelling = labelling
         self.public_fills = public_fills
         self.snapshot_interval_ns = snapshot_interval_ns  # how often describe() is recorded (None: only at the end)
+        if on_error not in ("stop", "drop"):
+            raise SigkitError(f"on_error must be 'stop' or 'drop', not {on_error!r}")
+        self.on_error = on_error
         self.sources = [(label, resolve_hooks(obj, "source", f"source {label!r}")) for label, obj in sources]
         self.model_ids = [mid for mid, _ in models]
         if len(set(self.model_ids)) != len(self.model_ids):
@@ -230,19 +236,24 @@ class _State:
         self.replay = replay
         self.target = replay.target
         self.labelling = replay.labelling
+        self.reference = RunningBaseRate()
+        self.dropped: dict[str, dict] = {}
+        model_hooks = replay._hooks
+        if replay.on_error == "drop":
+            model_hooks = [{name: self._guarded(mid, name, fn) for name, fn in h.items()}
+                           for mid, h in zip(replay.model_ids, replay._hooks)]
         # A combiner may follow the market too (e.g. for regimes); it hears each event after the models.
-        hooks = replay._hooks + [chooks for _, chooks, _ in replay.ensembles]
+        hooks = model_hooks + [chooks for _, chooks, _ in replay.ensembles]
         self.trade_handlers = [h["on_trade"] for h in hooks if "on_trade" in h]
         self.book_handlers = [h["on_book_update"] for h in hooks if "on_book_update" in h]
         self.stat_handlers = [h["on_market_stat"] for h in hooks if "on_market_stat" in h]
-        self.predictors = [h["predict"] for h in replay._hooks]
-        self.outcome_handlers = [h["record_outcome"] for h in replay._hooks if "record_outcome" in h]
+        self.predictors = [h["predict"] for h in model_hooks]
+        self.outcome_handlers = [h["record_outcome"] for h in model_hooks if "record_outcome" in h]
         # (name, combine, record_outcome or None, member indices) per ensemble
         self.ensembles = [(name, chooks["combine"], chooks.get("record_outcome"), members)
                           for name, chooks, members in replay.ensembles]
         self.horizons = self.labelling.all_horizons_ns
         self.primary = self.horizons.index(self.labelling.horizon_ns)
-        self.reference = RunningBaseRate()
         self.mid = math.nan
         self.pending: list[tuple[int, int, int, int]] = []  # (due_ts, seq, fill index, horizon index)
         self.seq = 0
@@ -433,9 +444,28 @@ class _State:
                     combiner_outcome(outcome, [preds[i] for i in member_index])
             self.reference.update(outcome.was_adverse, query.ts_ns)
 
+    def _guarded(self, model_id: str, hook: str, fn: Callable) -> Callable:
+        """``fn``, but a raise drops the model: recorded once, and from then on it is the base rate."""
+
+        def call(*args):
+            if model_id not in self.dropped:
+                try:
+                    return fn(*args)
+                except Exception as err:  # on_error: drop
+                    at = getattr(args[0], "ts_ns", None) if args else None
+                    if at is None and args and hasattr(args[0], "fill"):
+                        at = args[0].fill.ts_ns
+                    self.dropped[model_id] = {"hook": hook, "ts_ns": at,
+                                              "error": f"{type(err).__name__}: {err}"}
+            if hook == "predict":
+                return Prediction(self.reference.rate, 0.0)
+            return None
+
+        return call
+
     def describe_all(self) -> dict[str, dict]:
         states = {mid: hooks["describe"]() for mid, hooks in zip(self.replay.model_ids, self.replay._hooks)
-                  if "describe" in hooks}
+                  if "describe" in hooks and mid not in self.dropped}
         for name, chooks, _ in self.replay.ensembles:
             if "describe" in chooks:
                 states[name] = chooks["describe"]()
@@ -476,7 +506,7 @@ class _State:
                                  "cost_bps": np.array(self.ens_cost[e], dtype=float)}
         return RunResult(
             model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=self.describe_all(),
-            state_history=self.history,
+            state_history=self.history, dropped=dict(self.dropped),
             markout_horizons_ns=self.horizons, events=dict(self.events), first_ts_ns=self.first_ts,
             last_ts_ns=self.last_ts, completed=completed, stop_reason=stop_reason, elapsed_s=elapsed_s,
         )
@@ -505,4 +535,5 @@ def replay_from_recipe(recipe) -> Replay:
                   labelling=labelling, public_fills=recipe.fills_path is None,
                   snapshot_interval_ns=recipe.evaluation.snapshot_interval_ns,
                   provenance={m.id: f"{m.spec.name} from {m.spec.distribution} {m.spec.version}".rstrip()
-                              for m in recipe.models})
+                              for m in recipe.models},
+                  on_error=recipe.on_error)

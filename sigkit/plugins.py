@@ -24,6 +24,12 @@ ENTRY_POINT_GROUP = "sigkit"
 ENV_ALLOW = "SIGKIT_LOAD_PLUGINS"
 #: Comma-separated entry-point or distribution names never to load.
 ENV_BLOCK = "SIGKIT_DISABLE_PLUGINS"
+#: Set (to anything but "" or "0") to load only sigkit's own built-in plugins, like ``--no-plugins``.
+ENV_NO_PLUGINS = "SIGKIT_NO_PLUGINS"
+BUILTIN_DISTRIBUTION = "sigkit"
+#: The plugin API this sigkit speaks.  A plugin module may declare ``SIGKIT_PLUGIN_API = 1``; one that
+#: declares another major version is refused at load time instead of failing mid-run.
+PLUGIN_API_VERSION = 1
 
 
 @attrs.frozen
@@ -109,11 +115,13 @@ class LoadedPlugins:
     distributions: dict[str, tuple[str, str]]  # plugin name -> (distribution, version)
 
 
-def get_plugin_manager(*, load_entrypoints: bool = True, plugins: Iterable[Any] = ()) -> LoadedPlugins:
+def get_plugin_manager(*, load_entrypoints: bool = True, plugins: Iterable[Any] = (),
+                       builtins_only: bool = False) -> LoadedPlugins:
     """A fresh plugin manager (never a module-level singleton, so tests and workers build their own).
 
     Entry points of the ``sigkit`` group are loaded unless ``load_entrypoints`` is false, honouring
-    ``SIGKIT_LOAD_PLUGINS`` and ``SIGKIT_DISABLE_PLUGINS``.  ``plugins`` are extra objects (modules or
+    ``SIGKIT_LOAD_PLUGINS`` and ``SIGKIT_DISABLE_PLUGINS``; with ``builtins_only`` (or
+    ``SIGKIT_NO_PLUGINS``) only sigkit's own distribution is loaded.  ``plugins`` are extra objects (modules or
     instances with registration hooks) registered directly, e.g. by a test.  A plugin that fails to
     import or declares an unknown hook is skipped and reported in the returned failures.
     """
@@ -124,10 +132,13 @@ def get_plugin_manager(*, load_entrypoints: bool = True, plugins: Iterable[Any] 
     if load_entrypoints:
         allow = _env_names(ENV_ALLOW)
         block = _env_names(ENV_BLOCK) or set()
+        builtins_only = builtins_only or os.environ.get(ENV_NO_PLUGINS, "") not in ("", "0")
         for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
             if (allow is not None and ep.name not in allow) or ep.name in block or dist in block:
+                continue
+            if builtins_only and dist != BUILTIN_DISTRIBUTION:
                 continue
             if pm.has_plugin(ep.name):
                 continue
@@ -136,7 +147,7 @@ def get_plugin_manager(*, load_entrypoints: bool = True, plugins: Iterable[Any] 
             except Exception as err:  # a broken plugin must not brick sigkit
                 failures.append(LoadFailure(ep.name, dist, version, f"{type(err).__name__}: {err}"))
                 continue
-            error = _register_checked(pm, module, ep.name)
+            error = _api_mismatch(module) or _register_checked(pm, module, ep.name)
             if error:
                 failures.append(LoadFailure(ep.name, dist, version, error))
             else:
@@ -149,6 +160,14 @@ def get_plugin_manager(*, load_entrypoints: bool = True, plugins: Iterable[Any] 
     return LoadedPlugins(pm, failures, distributions)
 
 
+def _api_mismatch(module: Any) -> str | None:
+    declared = getattr(module, "SIGKIT_PLUGIN_API", None)
+    if declared is None or declared == PLUGIN_API_VERSION:
+        return None
+    return (f"it was written for sigkit plugin API {declared!r}, this sigkit speaks API {PLUGIN_API_VERSION}; "
+            "upgrade the plugin (or sigkit)")
+
+
 def _register_checked(pm: pluggy.PluginManager, plugin: Any, name: str) -> str | None:
     try:
         pm.register(plugin, name=name)
@@ -157,6 +176,9 @@ def _register_checked(pm: pluggy.PluginManager, plugin: Any, name: str) -> str |
         if pm.is_registered(plugin):
             pm.unregister(plugin)
         return _explain_validation(str(err))
+    except ValueError:  # the same module behind two entry points
+        other = pm.get_name(plugin)
+        return f"its module is already loaded as plugin {other!r}"
     return None
 
 
@@ -176,9 +198,9 @@ def _env_names(var: str) -> set[str] | None:
     return {v.strip() for v in value.split(",") if v.strip()}
 
 
-def build_registry(*, load_entrypoints: bool = True, plugins: Iterable[Any] = ()) -> Registry:
+def build_registry(*, load_entrypoints: bool = True, plugins: Iterable[Any] = (), builtins_only: bool = False) -> Registry:
     """Load plugins and collect what each registers, stamped with its plugin and distribution."""
-    loaded = get_plugin_manager(load_entrypoints=load_entrypoints, plugins=plugins)
+    loaded = get_plugin_manager(load_entrypoints=load_entrypoints, plugins=plugins, builtins_only=builtins_only)
     pm = loaded.pm
     registry = Registry(failures=loaded.failures)
     for plugin_name, plugin in sorted(pm.list_name_plugin(), key=lambda np: str(np[0])):

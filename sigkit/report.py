@@ -127,6 +127,7 @@ def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: lis
         },
         "scores": scores,
         **({"ab": ab_section(result, recipe, n_boot=n_boot)} if recipe.arms else {}),
+        "dropped": result.dropped,
         "states": _clean_dict(result.states),
         "state_history": [{"ts_ns": h["ts_ns"], "states": _clean_dict(h["states"])} for h in result.state_history],
         "timing": {

@@ -151,3 +151,51 @@ def test_a_params_validator_becomes_a_param_error_naming_the_key():
     with pytest.raises(ParamError, match="count must be at least 1") as info:
         build_params(Validated, {"count": 0}, owner="model 'm'")
     assert info.value.key == "count"
+
+
+class _OtherDist:
+    name = "sigkit-thirdparty"
+    version = "1.0"
+
+
+def test_the_same_module_behind_two_entry_points_is_a_load_failure_not_a_crash(monkeypatch):
+    twin = metadata.EntryPoint("twin", "sigkit_baselines", "sigkit")._for(_OtherDist())
+    monkeypatch.setattr(metadata, "entry_points", _fake_entry_points(metadata.entry_points, [twin]))
+    registry = build_registry()
+    [failure] = registry.failures
+    assert "already loaded as plugin 'baselines'" in str(failure) and "flow" in registry.models
+
+
+def test_no_plugins_keeps_only_the_builtins(monkeypatch):
+    import sys
+
+    module = types.ModuleType("sigkit_thirdparty")
+
+    @sigkit.hookimpl
+    def register_models(register):
+        register(sigkit.ModelSpec("third_model", object))
+
+    module.register_models = register_models
+    monkeypatch.setitem(sys.modules, "sigkit_thirdparty", module)
+    third = metadata.EntryPoint("thirdparty", "sigkit_thirdparty", "sigkit")._for(_OtherDist())
+    monkeypatch.setattr(metadata, "entry_points", _fake_entry_points(metadata.entry_points, [third]))
+    assert "third_model" in build_registry().models
+    monkeypatch.setenv("SIGKIT_NO_PLUGINS", "1")
+    registry = build_registry()
+    assert {p.distribution for p in registry.plugins} == {"sigkit"} and "flow" in registry.models
+    result = CliRunner().invoke(main, ["--no-plugins", "plugins"])
+    assert result.exit_code == 0 and "thirdparty" not in result.output
+
+
+def test_a_plugin_for_another_api_version_is_refused_at_load(monkeypatch):
+    import sys
+
+    module = types.ModuleType("sigkit_future_plugin")
+    module.SIGKIT_PLUGIN_API = 2
+    monkeypatch.setitem(sys.modules, "sigkit_future_plugin", module)
+    future = metadata.EntryPoint("future", "sigkit_future_plugin", "sigkit")._for(_OtherDist())
+    monkeypatch.setattr(metadata, "entry_points", _fake_entry_points(metadata.entry_points, [future]))
+    registry = build_registry()
+    [failure] = registry.failures
+    assert "plugin API 2" in str(failure) and f"API {sigkit.PLUGIN_API_VERSION}" in str(failure)
+    assert "sigkit-thirdparty 1.0" in str(failure)

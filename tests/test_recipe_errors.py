@@ -153,3 +153,34 @@ def test_a_plugin_that_raises_mid_run_is_named_with_model_hook_and_time(tmp_path
     assert re.search(r"model 'bad' \(raises from \(registered directly\)\) raised RuntimeError in on_trade "
                      r"at ts_ns=\d+: feed handler exploded", output), output
     assert len(output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_on_error_drop_records_the_dropped_model_and_finishes(tmp_path, monkeypatch):
+    import json
+    import sys
+    import types
+
+    from sigkit import plugins
+
+    module = types.ModuleType("raising_plugin")
+    exec(RAISING_PLUGIN, module.__dict__)
+    monkeypatch.setitem(sys.modules, "raising_plugin", module)
+    real = plugins.build_registry
+    monkeypatch.setattr(plugins, "build_registry", lambda **kw: real(plugins=[module], **kw))
+    recipe = write(tmp_path, "data:\n  - source: simulate\n    duration: 1m\ntarget: {venue: sim, symbol: BTC-PERP}\n"
+                             "on_error: drop\nmodels:\n  - id: bad\n    model: raises\n  - id: flow\n    model: flow\n"
+                             "ensemble:\n  combiner: mean\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(recipe), "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "model 'bad' was dropped" in result.output and "on_error: drop" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["completed"] and report["dropped"]["bad"]["hook"] == "on_trade"
+    assert "feed handler exploded" in report["dropped"]["bad"]["error"]
+    assert report["scores"]["flow"]["n"] > 100 and report["scores"]["ensemble"]["n"] == report["scores"]["flow"]["n"]
+
+
+def test_on_error_must_be_stop_or_drop(tmp_path, data_file):
+    recipe = write(tmp_path, GOOD.replace("{data}", str(data_file)) + "on_error: ignore\n")
+    code, output = run_cli("validate", str(recipe))
+    assert code == 2 and "r.yaml:12:11: on_error must be 'stop' or 'drop'" in output, output
