@@ -314,6 +314,27 @@ def report(run_dir: Path, out_path: Path | None) -> None:
     click.echo(f"wrote {render_report(run_dir, out_path)}")
 
 
+@main.command("new-plugin")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Folder to create sigkit-NAME/ in.")
+def new_plugin(name: str, directory: Path) -> None:
+    """Create sigkit-NAME/: a ready-to-publish model plugin with tests, a recipe and a README.
+
+    The model (an online signed-flow model) has a comment on each hook saying when it is called and what it
+    may see; its tests run it on a simulated world through the sigkit entry point.
+
+    \b
+    Example:
+      sigkit new-plugin my_flow && cd sigkit-my_flow && pip install -e '.[test]' && python -m pytest
+    """
+    from sigkit.scaffold import new_plugin as scaffold
+
+    target = scaffold(name, directory)
+    click.echo(f"created {target}")
+    click.echo(f"next: cd {target} && pip install -e '.[test]' && python -m pytest && sigkit run recipe.yaml")
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 def validate(recipe: Path) -> None:
