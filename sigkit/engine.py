@@ -396,14 +396,16 @@ class _State:
         preds = []
         for m, predictor in enumerate(self.predictors):
             pred = predictor(query)
-            _check_prediction(pred, f"model {self.replay.model_ids[m]!r}")
+            if not _valid(pred):
+                self._refuse(pred, self.replay.model_ids[m], query.ts_ns)
             preds.append(pred)
             self.p[m].append(pred.p_adverse)
             self.conf[m].append(pred.confidence)
             self.cost[m].append(pred.expected_cost_bps)
         for e, (name, combine, _, member_index) in enumerate(self.ensembles):
             pred = combine(query, [preds[i] for i in member_index])
-            _check_prediction(pred, f"the combiner of {name!r}")
+            if not _valid(pred):
+                _check_prediction(pred, f"the combiner of {name!r} at ts_ns={query.ts_ns}")
             self.ens_p[e].append(pred.p_adverse)
             self.ens_conf[e].append(pred.confidence)
             self.ens_cost[e].append(pred.expected_cost_bps)
@@ -444,14 +446,23 @@ class _State:
                     combiner_outcome(outcome, [preds[i] for i in member_index])
             self.reference.update(outcome.was_adverse, query.ts_ns)
 
+    def _refuse(self, pred: Any, model_id: str, ts_ns: int) -> None:
+        """A model's answer is not a valid prediction: stop, naming the model, its plugin and the time."""
+        owner = next(label for key, label in self.replay._owner.items()
+                     if label.startswith(f"model {model_id!r}"))
+        _check_prediction(pred, f"{owner} at ts_ns={ts_ns}")
+
     def _guarded(self, model_id: str, hook: str, fn: Callable) -> Callable:
         """``fn``, but a raise drops the model: recorded once, and from then on it is the base rate."""
 
         def call(*args):
             if model_id not in self.dropped:
                 try:
-                    return fn(*args)
-                except Exception as err:  # on_error: drop
+                    result = fn(*args)
+                    if hook == "predict" and not _valid(result):
+                        _check_prediction(result, f"model {model_id!r}")
+                    return result
+                except Exception as err:  # on_error: drop (an invalid prediction counts as an error)
                     at = getattr(args[0], "ts_ns", None) if args else None
                     if at is None and args and hasattr(args[0], "fill"):
                         at = args[0].fill.ts_ns
@@ -514,6 +525,10 @@ class _State:
 
 def _levels(levels: np.ndarray) -> tuple[tuple[float, float], ...]:
     return tuple((float(px), float(sz)) for px, sz in levels.tolist() if px == px)
+
+
+def _valid(pred: Any) -> bool:
+    return isinstance(pred, Prediction) and 0.0 <= pred.p_adverse <= 1.0 and 0.0 <= pred.confidence <= 1.0
 
 
 def _check_prediction(pred: Any, who: str) -> None:

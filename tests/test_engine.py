@@ -146,7 +146,7 @@ class NotAProbability:
 
 def test_a_prediction_that_is_not_a_probability_is_refused():
     rows = [book(0, 99.5, 100.5), trade(3, 1, 100.5)]
-    with pytest.raises(ModelError, match="model 'bad' predicted p_adverse=nan"):
+    with pytest.raises(ModelError, match="model 'bad' at ts_ns=3 predicted p_adverse=nan"):
         _replay([[chunk_of(rows)]], [("bad", NotAProbability())]).run()
 
 

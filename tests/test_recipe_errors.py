@@ -184,3 +184,25 @@ def test_on_error_must_be_stop_or_drop(tmp_path, data_file):
     recipe = write(tmp_path, GOOD.replace("{data}", str(data_file)) + "on_error: ignore\n")
     code, output = run_cli("validate", str(recipe))
     assert code == 2 and "r.yaml:12:11: on_error must be 'stop' or 'drop'" in output, output
+
+
+def test_on_error_drop_also_drops_a_model_whose_prediction_is_not_a_probability(tmp_path, monkeypatch):
+    import json
+    import sys
+    import types
+
+    from sigkit import plugins
+
+    module = types.ModuleType("wild_plugin")
+    exec(RAISING_PLUGIN.replace('raise RuntimeError("feed handler exploded")', "pass")
+         .replace("sigkit.Prediction(0.5)", "sigkit.Prediction(1.7)").replace('"raises"', '"wild"'), module.__dict__)
+    monkeypatch.setitem(sys.modules, "wild_plugin", module)
+    real = plugins.build_registry
+    monkeypatch.setattr(plugins, "build_registry", lambda **kw: real(plugins=[module], **kw))
+    body = "data:\n  - source: simulate\n    duration: 1m\ntarget: {venue: sim, symbol: BTC-PERP}\nmodels:\n  - id: w\n    model: wild\n"
+    code, output = run_cli("run", str(write(tmp_path, body)), "--quiet", "--out", str(tmp_path / "o1"))
+    assert code == 2 and re.search(r"model 'w' \(wild from .*\) at ts_ns=\d+ predicted p_adverse=1.7", output), output
+    out = tmp_path / "o2"
+    code, output = run_cli("run", str(write(tmp_path, "on_error: drop\n" + body, name="d.yaml")), "--quiet", "--out", str(out))
+    assert code == 0, output
+    assert "p_adverse=1.7" in json.loads((out / "report.json").read_text())["dropped"]["w"]["error"]
