@@ -1,6 +1,12 @@
-"""Shared test helpers: hand-built event chunks and in-memory sources."""
+"""Shared test helpers: hand-built event chunks, in-memory sources, and venvs for plugin distributions."""
 
 from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +71,36 @@ class ListSource:
 @pytest.fixture
 def target():
     return sigkit.Market("v", "X")
+
+
+def plugin_venv(venv: Path) -> tuple[Path, dict]:
+    """A fresh virtual environment that sees this interpreter's packages (sigkit, its deps, pip, setuptools)
+    without the network: a .pth file adds this interpreter's site-packages after the venv's own.
+    Returns its python and the environment to run it with."""
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    dirs = [d for d in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(d)]
+    lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in dirs)
+    (Path(purelib) / "_sigkit_parent_env.pth").write_text(lines)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SIGKIT_", "PYTHON", "PIP_", "VIRTUAL_ENV"))} | {"PIP_NO_INDEX": "1"}
+    return python, env
+
+
+def install_plugins(python: Path, env: dict, *projects: Path) -> None:
+    """Install plugin projects (editable, offline) into a :func:`plugin_venv`."""
+    args = [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
+    for project in projects:
+        args += ["-e", str(project)]
+    pip = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    if pip.returncode == 0:
+        return
+    # setuptools < 70.1 builds wheels only with the `wheel` package, which an offline environment may lack;
+    # the same setuptools can still install a project in development mode without building one.
+    assert "bdist_wheel" in pip.stdout + pip.stderr, pip.stdout + pip.stderr
+    for project in projects:
+        proc = subprocess.run([str(python), "-c", "import setuptools; setuptools.setup()", "develop", "--no-deps"],
+                              cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr

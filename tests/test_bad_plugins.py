@@ -8,7 +8,6 @@ or skip the broken plugin with a one-line warning, and never show a traceback.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -17,15 +16,7 @@ import pytest
 
 from sigkit.scaffold import new_plugin
 
-try:  # tests/ is on sys.path under pytest's default import mode
-    from test_scaffold import _venv_with_this_sigkit
-except ImportError:  # pragma: no cover - another import mode
-    import importlib.util
-
-    _spec = importlib.util.spec_from_file_location("_test_scaffold", Path(__file__).with_name("test_scaffold.py"))
-    _mod = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_mod)
-    _venv_with_this_sigkit = _mod._venv_with_this_sigkit
+from conftest import install_plugins, plugin_venv
 
 BROKEN, RAISES, OUT_OF_RANGE = "broken_import", "raises_on_trade", "out_of_range"
 THIRD_PARTY = (BROKEN, RAISES, OUT_OF_RANGE)
@@ -82,20 +73,8 @@ def venv(tmp_path_factory) -> Env:
            "return sigkit.Prediction(p_adverse, confidence, self.cost.expected(p_adverse))",
            "return sigkit.Prediction(1.7)")
 
-    python = _venv_with_this_sigkit(root / "venv")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SIGKIT_", "PYTHON", "PIP_", "VIRTUAL_ENV"))} | {"PIP_NO_INDEX": "1"}
-    args = [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
-    for target in targets.values():
-        args += ["-e", str(target)]
-    pip = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    if pip.returncode != 0:
-        # Same offline fallback as test_scaffold: old setuptools without `wheel` can still `develop`.
-        assert "bdist_wheel" in pip.stdout + pip.stderr, pip.stdout + pip.stderr
-        for target in targets.values():
-            proc = subprocess.run([str(python), "-c", "import setuptools; setuptools.setup()", "develop",
-                                   "--no-deps"], cwd=target, env=env, capture_output=True, text=True, timeout=300)
-            assert proc.returncode == 0, proc.stdout + proc.stderr
+    python, env = plugin_venv(root / "venv")
+    install_plugins(python, env, *targets.values())
     return Env(root, python, env)
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,18 +13,12 @@ import pytest
 
 from sigkit.scaffold import new_plugin
 
+from conftest import install_plugins, plugin_venv
+
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "docs" / "tutorial.md"
 MODEL = ROOT / "docs" / "tutorial" / "model.py"
 AB_RECIPE = ROOT / "docs" / "tutorial" / "ab.yaml"
-
-
-def _scaffold_helpers():
-    """tests/test_scaffold.py, loaded by path (works whatever pytest's import mode)."""
-    spec = importlib.util.spec_from_file_location("_sigkit_test_scaffold", ROOT / "tests" / "test_scaffold.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fenced_blocks(text: str, marker: str) -> list[str]:
@@ -55,25 +47,17 @@ def test_tutorial_shows_the_files_it_ships_verbatim():
 
 
 def test_tutorial_plugin_installs_passes_its_tests_conforms_and_ab_runs(tmp_path):
-    helpers = _scaffold_helpers()
     target = new_plugin("spread_shock", tmp_path / "src")
     shutil.copyfile(MODEL, target / "src" / "sigkit_spread_shock" / "__init__.py")  # the tutorial's step 3
 
-    python = helpers._venv_with_this_sigkit(tmp_path / "venv")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SIGKIT_", "PYTHON", "PIP_", "VIRTUAL_ENV"))} | {"PIP_NO_INDEX": "1"}
+    python, env = plugin_venv(tmp_path / "venv")
 
     def run(*args, cwd=tmp_path):
         proc = subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{args}\n{proc.stdout}\n{proc.stderr}"
         return proc.stdout
 
-    # Installed exactly as tests/test_scaffold.py installs a generated plugin (offline).
-    pip = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-                          "-e", str(target)], env=env, capture_output=True, text=True, timeout=300)
-    if pip.returncode != 0:
-        assert "bdist_wheel" in pip.stdout + pip.stderr, pip.stdout + pip.stderr
-        run("-c", "import setuptools; setuptools.setup()", "develop", "--no-deps", cwd=target)
+    install_plugins(python, env, target)  # offline, as tests/test_scaffold.py installs a generated plugin
 
     # The generated tests, unchanged, pass with the tutorial's model.
     run("-m", "pytest", str(target / "tests"), "-q", "-p", "no:cacheprovider", cwd=target)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import site
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sigkit import SigkitError
 from sigkit.scaffold import new_plugin
+
+from conftest import install_plugins, plugin_venv
 
 FILES = ("pyproject.toml", "README.md", "recipe.yaml", "src/sigkit_flow_ewma/__init__.py", "tests/test_flow_ewma.py")
 
@@ -55,37 +54,16 @@ def test_refuses_an_existing_non_empty_target_but_fills_an_empty_one(tmp_path):
     assert readme.read_text() == "mine"  # nothing overwritten
 
 
-def _venv_with_this_sigkit(venv: Path) -> Path:
-    """A fresh virtual environment that sees this interpreter's packages (sigkit, its deps, pip, setuptools)
-    without the network: a .pth file adds this interpreter's site-packages after the venv's own."""
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
-    dirs = [d for d in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(d)]
-    lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in dirs)
-    (Path(purelib) / "_sigkit_parent_env.pth").write_text(lines)
-    return python
-
-
 def test_generated_plugin_installs_passes_its_tests_is_listed_and_runs(tmp_path):
     target = new_plugin("flow_ewma", tmp_path / "src")
-    python = _venv_with_this_sigkit(tmp_path / "venv")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SIGKIT_", "PYTHON", "PIP_", "VIRTUAL_ENV"))} | {"PIP_NO_INDEX": "1"}
+    python, env = plugin_venv(tmp_path / "venv")
 
     def run(*args, cwd=tmp_path):
         proc = subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{args}\n{proc.stdout}\n{proc.stderr}"
         return proc.stdout
 
-    pip = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-                          "-e", str(target)], env=env, capture_output=True, text=True, timeout=300)
-    if pip.returncode != 0:
-        # setuptools < 70.1 builds wheels only with the `wheel` package, which an offline environment may
-        # lack; the same setuptools can still install the project in development mode without building one.
-        assert "bdist_wheel" in pip.stdout + pip.stderr, pip.stdout + pip.stderr
-        run("-c", "import setuptools; setuptools.setup()", "develop", "--no-deps", cwd=target)
+    install_plugins(python, env, target)
     run("-m", "pytest", str(target / "tests"), "-q", "-p", "no:cacheprovider", cwd=target)
     listed = json.loads(run("-m", "sigkit.cli", "plugins", "--json"))
     plugin = next(p for p in listed["plugins"] if p["name"] == "flow_ewma")
