@@ -134,17 +134,22 @@ def register_models(register):
 '''
 
 
-def test_a_plugin_that_raises_mid_run_is_named_with_model_hook_and_time(tmp_path, monkeypatch):
+def _use_plugin(monkeypatch, name: str, source: str) -> None:
+    """Make every registry this test builds include a plugin module made from ``source``."""
     import sys
     import types
 
     from sigkit import plugins
 
-    module = types.ModuleType("raising_plugin")
-    exec(RAISING_PLUGIN, module.__dict__)
-    monkeypatch.setitem(sys.modules, "raising_plugin", module)
+    module = types.ModuleType(name)
+    exec(source, module.__dict__)
+    monkeypatch.setitem(sys.modules, name, module)
     real = plugins.build_registry
     monkeypatch.setattr(plugins, "build_registry", lambda **kw: real(plugins=[module], **kw))
+
+
+def test_a_plugin_that_raises_mid_run_is_named_with_model_hook_and_time(tmp_path, monkeypatch):
+    _use_plugin(monkeypatch, "raising_plugin", RAISING_PLUGIN)
     recipe = write(tmp_path, "data:\n  - source: simulate\n    duration: 1m\ntarget: {venue: sim, symbol: BTC-PERP}\n"
                              "models:\n  - id: bad\n    model: raises\n")
     out = tmp_path / "out"
@@ -157,16 +162,7 @@ def test_a_plugin_that_raises_mid_run_is_named_with_model_hook_and_time(tmp_path
 
 def test_on_error_drop_records_the_dropped_model_and_finishes(tmp_path, monkeypatch):
     import json
-    import sys
-    import types
-
-    from sigkit import plugins
-
-    module = types.ModuleType("raising_plugin")
-    exec(RAISING_PLUGIN, module.__dict__)
-    monkeypatch.setitem(sys.modules, "raising_plugin", module)
-    real = plugins.build_registry
-    monkeypatch.setattr(plugins, "build_registry", lambda **kw: real(plugins=[module], **kw))
+    _use_plugin(monkeypatch, "raising_plugin", RAISING_PLUGIN)
     recipe = write(tmp_path, "data:\n  - source: simulate\n    duration: 1m\ntarget: {venue: sim, symbol: BTC-PERP}\n"
                              "on_error: drop\nmodels:\n  - id: bad\n    model: raises\n  - id: flow\n    model: flow\n"
                              "ensemble:\n  combiner: mean\n")
@@ -188,17 +184,8 @@ def test_on_error_must_be_stop_or_drop(tmp_path, data_file):
 
 def test_on_error_drop_also_drops_a_model_whose_prediction_is_not_a_probability(tmp_path, monkeypatch):
     import json
-    import sys
-    import types
-
-    from sigkit import plugins
-
-    module = types.ModuleType("wild_plugin")
-    exec(RAISING_PLUGIN.replace('raise RuntimeError("feed handler exploded")', "pass")
-         .replace("sigkit.Prediction(0.5)", "sigkit.Prediction(1.7)").replace('"raises"', '"wild"'), module.__dict__)
-    monkeypatch.setitem(sys.modules, "wild_plugin", module)
-    real = plugins.build_registry
-    monkeypatch.setattr(plugins, "build_registry", lambda **kw: real(plugins=[module], **kw))
+    _use_plugin(monkeypatch, "wild_plugin", RAISING_PLUGIN.replace('raise RuntimeError("feed handler exploded")', "pass")
+                .replace("sigkit.Prediction(0.5)", "sigkit.Prediction(1.7)").replace('"raises"', '"wild"'))
     body = "data:\n  - source: simulate\n    duration: 1m\ntarget: {venue: sim, symbol: BTC-PERP}\nmodels:\n  - id: w\n    model: wild\n"
     code, output = run_cli("run", str(write(tmp_path, body)), "--quiet", "--out", str(tmp_path / "o1"))
     assert code == 2 and re.search(r"model 'w' \(wild from .*\) at ts_ns=\d+ predicted p_adverse=1.7", output), output
