@@ -74,7 +74,10 @@ def _registry(warn: bool = True):
               help="Directory for report.json and predictions.csv  [default: sigkit-runs/<recipe name>]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table; errors still print.")
 @click.option("--html", is_flag=True, help="Also write OUT/report.html with figures (needs sigkit[report]).")
-def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool) -> None:
+@click.option("--on-bad-line", type=click.Choice(["stop", "skip"]), default=None,
+              help="Bad data lines: stop with file:line (the default, or the recipe's on_bad_line) or skip them, "
+                   "counted by reason in the report.")
+def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line: str | None) -> None:
     """Replay RECIPE's data through its models and score every fill.
 
     Every model is asked about each fill before the fill's own trade is revealed, learns from every
@@ -91,7 +94,7 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool) -> None:
     from sigkit.recipe import load_recipe
     from sigkit.report import format_table, table_rows
 
-    parsed = load_recipe(recipe, _registry())
+    parsed = _with_bad_line_policy(load_recipe(recipe, _registry()), on_bad_line)
     report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html)
     if not quiet:
         header, rows = table_rows(report)
@@ -101,7 +104,7 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool) -> None:
                    f"horizon {report['label']['horizon']}, base rate "
                    f"{'-' if data['base_rate'] is None else format(data['base_rate'], '.3f')}, "
                    f"{report['timing']['events_per_s'] or '-'} events/s")
-    _finish(result, paths, stop, quiet)
+    _finish(result, paths, stop, quiet, report)
 
 
 def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, n_boot: int = 1000):
@@ -122,7 +125,32 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
     return report, result, paths, stop
 
 
-def _finish(result, paths: tuple[Path, Path], stop: "_StopFlag", quiet: bool) -> None:
+def _with_bad_line_policy(parsed, on_bad_line: str | None):
+    """The recipe with ``--on-bad-line`` applied (the flag wins over the recipe's ``on_bad_line``)."""
+    import attrs
+
+    return parsed if on_bad_line is None else attrs.evolve(parsed, on_bad_line=on_bad_line)
+
+
+def _data_warnings(report: dict) -> list[str]:
+    """One line per source that skipped bad lines or saw sequence gaps: never a silent repair."""
+    lines = []
+    for source in report["data"].get("sources", []):
+        name = source.get("path") or source.get("source", "?")
+        skipped = source.get("skipped") or {}
+        if skipped:
+            what = ", ".join(f"{n} {reason}" for reason, n in skipped.items())
+            lines.append(f"warning: {name}: skipped {sum(skipped.values())} bad lines ({what})")
+        if source.get("gap_count"):
+            first = (source.get("gaps") or [{}])[0]
+            lines.append(f"warning: {name}: {source['gap_count']} sequence gaps in depth data (first at line "
+                         f"{first.get('line', '?')}); the book was marked unsynced until the next snapshot")
+    return lines
+
+
+def _finish(result, paths: tuple[Path, Path], stop: "_StopFlag", quiet: bool, report: dict | None = None) -> None:
+    for line in _data_warnings(report) if report else []:
+        click.echo(line, err=True)
     for model_id, why in result.dropped.items():
         click.echo(f"warning: model {model_id!r} was dropped at ts_ns={why['ts_ns']} ({why['hook']} raised "
                    f"{why['error']}); it predicted the base rate from then on (on_error: drop)", err=True)
@@ -221,8 +249,11 @@ def _progress(span: tuple[int, int] | None, quiet: bool):
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run every arm on this native event file (.csv or .csv.gz) instead of the recipes' data.")
 @click.option("--html", is_flag=True, help="Also write OUT/report.html with figures (needs sigkit[report]).")
+@click.option("--on-bad-line", type=click.Choice(["stop", "skip"]), default=None,
+              help="Bad data lines: stop with file:line (the default, or the recipe's on_bad_line) or skip them, "
+                   "counted by reason in the report.")
 def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int, data_path: Path | None,
-       html: bool) -> None:
+       html: bool, on_bad_line: str | None) -> None:
     """Compare ensembles on the same fills and say whether the difference is real.
 
     Give two recipes (A, the incumbent, then B, the candidate) that share their data, target, fills,
@@ -254,6 +285,7 @@ def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int
         parsed = merge_for_ab(*loaded)
     else:
         raise SigkitError("sigkit ab takes two recipes (A then B) or one recipe with arms")
+    parsed = _with_bad_line_policy(parsed, on_bad_line)
     report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html, n_boot=n_boot)
     if not quiet:
         header, rows = table_rows(report)
@@ -262,7 +294,7 @@ def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int
         click.echo(format_table(*ab_rows(report)))
         for c in report["ab"]["comparisons"]:
             click.echo(f"\n{c['b']} vs {c['a']}: {c['verdict']['text']}")
-    _finish(result, paths, stop, quiet)
+    _finish(result, paths, stop, quiet, report)
 
 
 def ab_rows(report: dict) -> tuple[list[str], list[list[str]]]:

@@ -26,7 +26,8 @@ class RunContext:
 
     ``target`` is the market whose fills are scored; ``horizon_ns`` and ``threshold_bps`` define the
     label (adverse iff the markout at the horizon is below ``-threshold_bps``); ``instance_id`` is the
-    recipe id of the thing being built; ``members`` (combiners only) the model ids it pools; ``base_dir`` is where relative paths in the recipe start.
+    recipe id of the thing being built; ``on_bad_line`` tells sources to
+    ``stop`` at bad data or ``skip`` and count it (see :class:`sigkit.feeds.BadLines`); ``members`` (combiners only) the model ids it pools; ``base_dir`` is where relative paths in the recipe start.
     """
 
     target: Market
@@ -36,6 +37,7 @@ class RunContext:
     instance_id: str = ""
     members: tuple[str, ...] = ()  # for a combiner: the ids of the models it pools, in order
     base_dir: Path = attrs.field(factory=Path.cwd)
+    on_bad_line: str = "stop"  # sources: "stop" at the first bad data line, or "skip" and count it
 
     def rng(self) -> np.random.Generator:
         """A generator seeded from the run seed and this instance's id: reproducible and independent."""

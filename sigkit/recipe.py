@@ -24,7 +24,7 @@ from sigkit.plugins import CombinerSpec, ModelSpec, Registry, SourceSpec
 from sigkit.units import format_duration, parse_duration
 
 TOP_LEVEL_KEYS = ("name", "description", "seed", "data", "target", "fills", "horizon", "threshold_bps",
-                  "models", "ensemble", "arms", "evaluation", "on_error")
+                  "models", "ensemble", "arms", "evaluation", "on_error", "on_bad_line")
 EVALUATION_KEYS = ("min_confidence", "markout_horizons", "ic_period", "ic_min_fills", "bins", "capture_q",
                    "snapshot_interval")
 DEFAULT_MARKOUT_HORIZONS = ("100ms", "1s", "5s", "30s")
@@ -92,10 +92,12 @@ class Recipe:
     evaluation: Evaluation
     arms: tuple[ArmEntry, ...] = ()
     on_error: str = "stop"  # or "drop": a model that raises is dropped, recorded, and the run goes on
+    on_bad_line: str = "stop"  # or "skip": sources count and skip bad data lines (``--on-bad-line``)
 
     def context(self, instance_id: str = "", members: tuple[str, ...] = ()) -> RunContext:
         return RunContext(target=self.target, horizon_ns=self.horizon_ns, threshold_bps=self.threshold_bps,
-                          seed=self.seed, instance_id=instance_id, members=members, base_dir=self.path.parent)
+                          seed=self.seed, instance_id=instance_id, members=members, base_dir=self.path.parent,
+                          on_bad_line=self.on_bad_line)
 
 
 class _Reader:
@@ -232,10 +234,13 @@ def load_recipe(path: str | Path, registry: Registry) -> Recipe:
     on_error = doc.get("on_error", "stop")
     if on_error not in ("stop", "drop"):
         raise r.error(f"on_error must be 'stop' or 'drop', got {on_error!r}", r.value_at(doc, "on_error"))
+    on_bad_line = doc.get("on_bad_line", "stop")
+    if on_bad_line not in ("stop", "skip"):
+        raise r.error(f"on_bad_line must be 'stop' or 'skip', got {on_bad_line!r}", r.value_at(doc, "on_bad_line"))
     recipe_fields = dict(path=path, sha256=hashlib.sha256(text.encode()).hexdigest(), plain=_plain(doc),
                          name=str(doc.get("name", path.stem)), seed=seed, target=target, fills_path=fills_path,
                          horizon_ns=horizon_ns, threshold_bps=float(threshold), evaluation=evaluation,
-                         on_error=on_error)
+                         on_error=on_error, on_bad_line=on_bad_line)
 
     # Sources.
     data = r.required(doc, "data", "the recipe")

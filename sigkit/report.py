@@ -79,6 +79,15 @@ def score_run(result: RunResult, *, min_confidence: float = 0.0, bins: int = 10,
     return out
 
 
+def _sum_counts(counts) -> dict[str, int]:
+    """Per-reason totals of the sources' skipped-line counts (``{}`` when every line was read)."""
+    total: dict[str, int] = {}
+    for c in counts:
+        for reason, n in c.items():
+            total[reason] = total.get(reason, 0) + int(n)
+    return dict(sorted(total.items()))
+
+
 def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: list[dict], version: str,
                  n_boot: int = 1000) -> dict:
     ev = recipe.evaluation
@@ -101,6 +110,9 @@ def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: lis
         "plugins": plugins,
         "data": {
             "sources": sources,
+            "on_bad_line": recipe.on_bad_line,
+            "skipped_lines": _sum_counts(s.get("skipped") or {} for s in sources),
+            "depth_gaps": sum(int(s.get("gap_count") or 0) for s in sources),
             "first_ts_ns": result.first_ts_ns,
             "last_ts_ns": result.last_ts_ns,
             "first_ts": iso_time(result.first_ts_ns),
