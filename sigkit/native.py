@@ -212,40 +212,48 @@ def _first_bad_row(values, column: str) -> int:
 _FILL_SIDES = {"bid": 1, "buy": 1, "b": 1, "1": 1, "+1": 1, "ask": -1, "sell": -1, "a": -1, "s": -1, "-1": -1}
 
 
-def read_fills_csv(path: str | Path, *, venue: str, symbol: str, chunk_rows: int = 16384) -> Iterator[np.ndarray]:
-    """Stream the user's own fills (``ts_ns,side,price,size[,fee,order_id]``) as ``FILL`` rows.
+def read_fills_csv(path: str | Path, *, venue: str, symbol: str, chunk_rows: int = 16384,
+                   on_bad_line: str = "stop") -> Iterator[np.ndarray]:
+    """Stream the user's own fills (``ts_ns,side,price,size[,fee,order_id]``; plain, .gz or .zst) as ``FILL``
+    rows.
 
-    ``side`` is ours: ``bid``/``buy`` (our bid was filled, we bought) or ``ask``/``sell``.
+    ``side`` is ours: ``bid``/``buy`` (our bid was filled, we bought) or ``ask``/``sell``.  A row that cannot
+    be read, or that goes back in time, is bad data: the run stops at it, or under ``on_bad_line="skip"``
+    it is skipped.
     """
+    from sigkit.feeds import BadLines, number, open_lines
+
     path = Path(path)
-    with _open_for_read(path) as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        for need in ("ts_ns", "side", "price", "size"):
-            if need not in header:
-                raise DataError(f"fills file needs a {need!r} column (header: {','.join(header)})",
-                                path=str(path), line=1)
-        its, iside, ipx, isz = (header.index(c) for c in ("ts_ns", "side", "price", "size"))
-        rows: list[tuple[int, int, float, float]] = []
-        last_ts = None
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                ts, side = int(row[its]), _FILL_SIDES[row[iside].strip().lower()]
-                price, size = float(row[ipx]), float(row[isz])
-            except (ValueError, KeyError, IndexError):
-                raise DataError(f"cannot read fill {','.join(row)!r} (want ts_ns as integer ns, side bid/ask, "
-                                "price, size)", path=str(path), line=lineno) from None
-            if last_ts is not None and ts < last_ts:
-                raise DataError("fills must be sorted by ts_ns", path=str(path), line=lineno)
-            last_ts = ts
-            rows.append((ts, side, price, size))
-            if len(rows) == chunk_rows:
-                yield _fill_chunk(rows, venue, symbol)
-                rows = []
-        if rows:
+    bad = BadLines(path, on_bad_line)
+    lines = open_lines(path, bad)
+    first = next(lines, None)
+    header = [h.strip() for h in next(csv.reader([first[1].decode("utf-8", "replace")]))] if first else []
+    for need in ("ts_ns", "side", "price", "size"):
+        if need not in header:
+            raise DataError(f"fills file needs a {need!r} column (header: {','.join(header)})",
+                            path=str(path), line=1)
+    its, iside, ipx, isz = (header.index(c) for c in ("ts_ns", "side", "price", "size"))
+    rows: list[tuple[int, int, float, float]] = []
+    last_ts = None
+    for lineno, line in lines:
+        row = next(csv.reader([line.decode("utf-8", "replace")]))
+        try:
+            ts, side = int(row[its]), _FILL_SIDES[row[iside].strip().lower()]
+            price, size = number(row[ipx]), number(row[isz])
+        except (ValueError, KeyError, IndexError):
+            bad(lineno, "unreadable fill", f"{','.join(row)!r} (want ts_ns as integer ns, side bid/ask, price, size)")
+            continue
+        if last_ts is not None and ts < last_ts:
+            bad(lineno, "time went backwards", f"fill at ts_ns={ts} is before the previous one; fills must be "
+                "sorted by ts_ns")
+            continue
+        last_ts = ts
+        rows.append((ts, side, price, size))
+        if len(rows) == chunk_rows:
             yield _fill_chunk(rows, venue, symbol)
+            rows = []
+    if rows:
+        yield _fill_chunk(rows, venue, symbol)
 
 
 def _fill_chunk(rows, venue: str, symbol: str) -> np.ndarray:

@@ -428,7 +428,7 @@ def instantiate(recipe: Recipe) -> Instances:
     sources = [(s.label, build(s.spec, s.params, s.label, f"source {s.label!r}", where=s.where))
                for s in recipe.sources]
     if recipe.fills_path is not None:
-        sources.append(("fills", _FillsSource(recipe.fills_path, recipe.target)))
+        sources.append(("fills", _FillsSource(recipe.fills_path, recipe.target, recipe.on_bad_line)))
     models = [(m.id, build(m.spec, m.params, m.id, f"model {m.id!r}", where=m.where)) for m in recipe.models]
     named = [("ensemble", recipe.ensemble)] if recipe.ensemble is not None else []
     named += [(arm.name, arm.ensemble) for arm in recipe.arms if arm.ensemble is not None]
@@ -438,13 +438,16 @@ def instantiate(recipe: Recipe) -> Instances:
 
 
 class _FillsSource:
-    def __init__(self, path: Path, target: Market):
-        self.path, self.target = path, target
+    """The user's own fills (``fills: {path: ...}``) as FILL rows on the target market."""
+
+    def __init__(self, path: Path, target: Market, on_bad_line: str = "stop"):
+        self.path, self.target, self.on_bad_line = path, target, on_bad_line
 
     def chunks(self):
         from sigkit.native import read_fills_csv
 
-        return read_fills_csv(self.path, venue=self.target.venue, symbol=self.target.symbol)
+        return read_fills_csv(self.path, venue=self.target.venue, symbol=self.target.symbol,
+                              on_bad_line=self.on_bad_line)
 
     def describe(self) -> dict:
         return {"fills": str(self.path)}

@@ -113,6 +113,18 @@ def test_own_fills_csv(tmp_path):
         list(read_fills_csv(path, venue="v", symbol="X"))
 
 
+def test_own_fills_bad_rows_stop_or_are_skipped_and_zst_is_read(tmp_path):
+    import zstandard
+
+    text = "ts_ns,side,price,size,fee,order_id\n10,bid,99.5,1,0,a\n20,ask,nan,1,0,b\n5,ask,100,1,0,c\n30,ask,100.5,2,,d\n"
+    path = tmp_path / "fills.csv.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    with pytest.raises(DataError, match=r"fills.csv.zst:3: unreadable fill"):
+        list(read_fills_csv(path, venue="v", symbol="X"))
+    chunk = next(read_fills_csv(path, venue="v", symbol="X", on_bad_line="skip"))
+    assert chunk["ts_ns"].tolist() == [10, 30] and chunk["price"].tolist() == [99.5, 100.5]
+
+
 def test_a_recipe_scoring_your_own_fills(tmp_path):
     events = _events("2m", world="informed")
     write_native(tmp_path / "m.csv", [events])
