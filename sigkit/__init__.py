@@ -16,7 +16,8 @@ from sigkit.events import (
 from sigkit.hookspecs import hookimpl
 from sigkit.labels import label_outcome, markout_bps
 from sigkit.learn import (
-    REGIME_DIMENSIONS, ConditionalCost, OnlineLogistic, RegimeTracker, RunningBaseRate, evidence_confidence, logit, sigmoid,
+    REGIME_DIMENSIONS, ConditionalCost, LearnedState, OnlineLogistic, PendingFills, RegimeTracker, RunningBaseRate,
+    evidence_confidence, logit, sigmoid,
 )
 from sigkit.params import duration, param, path
 from sigkit.plugins import PLUGIN_API_VERSION, CombinerSpec, ModelSpec, SourceSpec
@@ -40,7 +41,7 @@ def __getattr__(name: str):
 __all__ = [
     "PLUGIN_API_VERSION", "REGIME_DIMENSIONS", "ASK", "BID", "BOOK", "BUY", "DEPTH_LEVELS", "EVENT_DTYPE", "FILL", "SELL", "STAT",
     "TRADE", "BookUpdate", "CombinerSpec", "ConditionalCost", "DataError", "DurationError", "FillQuery",
-    "Market", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PluginError",
+    "LearnedState", "Market", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PendingFills", "PluginError",
     "Prediction", "RecipeError", "RegimeTracker", "RunContext", "RunningBaseRate", "SigkitError", "SourceSpec", "Trade",
     "duration", "empty_chunk", "evidence_confidence", "format_duration", "hookimpl", "label_outcome",
     "logit", "markout_bps", "new_rows", "param", "parse_duration", "path", "row_to_record", "sigmoid",

@@ -77,7 +77,15 @@ def _registry(warn: bool = True):
 @click.option("--on-bad-line", type=click.Choice(["stop", "skip"]), default=None,
               help="Bad data lines: stop with file:line (the default, or the recipe's on_bad_line) or skip them, "
                    "counted by reason in the report.")
-def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line: str | None) -> None:
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Save every model's learned state to FILE every --checkpoint-every of event time and at exit "
+                   "(also when stopped by SIGTERM or Ctrl-C).")
+@click.option("--checkpoint-every", default="1m", show_default=True,
+              help="Event time between checkpoints, with a unit (30s, 5m).")
+@click.option("--resume", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Start from a checkpoint of this same recipe: skip the events it has seen and go on.")
+def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line: str | None,
+        checkpoint: Path | None, checkpoint_every: str, resume: Path | None) -> None:
     """Replay RECIPE's data through its models and score every fill.
 
     Every model is asked about each fill before the fill's own trade is revealed, learns from every
@@ -85,7 +93,8 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line
     OUT/report.json (all metrics, versions, data span) and OUT/predictions.csv (one row per fill).
 
     Stopping with Ctrl-C or SIGTERM writes both files for what was processed, marked incomplete, and
-    exits with 128 + the signal number (130 or 143).
+    exits with 128 + the signal number (130 or 143).  With --checkpoint the models' learned state is saved
+    too, and --resume goes on from it with the same predictions as an uninterrupted run.
 
     \b
     Example:
@@ -95,7 +104,9 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line
     from sigkit.report import format_table, table_rows
 
     parsed = _with_bad_line_policy(load_recipe(recipe, _registry()), on_bad_line)
-    report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html)
+    every_ns = _duration_option(checkpoint_every, "--checkpoint-every")
+    report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html, checkpoint=checkpoint,
+                                                    checkpoint_every_ns=every_ns, resume=resume)
     if not quiet:
         header, rows = table_rows(report)
         click.echo(format_table(header, rows))
@@ -107,8 +118,13 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line
     _finish(result, paths, stop, quiet, report)
 
 
-def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, n_boot: int = 1000):
-    """Replay a validated recipe (stoppable by SIGTERM/Ctrl-C), then write its report and predictions."""
+def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, n_boot: int = 1000,
+                      checkpoint: Path | None = None, checkpoint_every_ns: int | None = None,
+                      resume: Path | None = None):
+    """Replay a validated recipe (stoppable by SIGTERM/Ctrl-C), then write its report and predictions.
+
+    With ``checkpoint``, the models' state is saved every ``checkpoint_every_ns`` of event time and at exit;
+    with ``resume``, the run starts from such a checkpoint."""
     from sigkit.engine import replay_from_recipe
     from sigkit.report import build_report, write_outputs
 
@@ -116,7 +132,11 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
     out_dir = out_dir or Path("sigkit-runs") / parsed.name
     stop = _StopFlag()
     with stop.installed(), _progress(replay.span_ns(), quiet) as progress:
-        result = replay.run(progress=progress, should_stop=stop.reason)
+        result = replay.run(progress=progress, should_stop=stop.reason, checkpoint_path=checkpoint,
+                            checkpoint_every_ns=checkpoint_every_ns if checkpoint else None, resume_from=resume)
+    if checkpoint is not None and result.checkpoints:
+        last = result.checkpoints[-1]
+        click.echo(f"checkpoint {checkpoint} at ts_ns={last['ts_ns']} ({last['bytes']:,} bytes)", err=True)
     report = build_report(result, parsed, sources=replay.describe_sources(), plugins=_plugins_used(parsed),
                           version=_version(), n_boot=n_boot)
     paths = write_outputs(out_dir, report, result)

@@ -14,6 +14,9 @@ Ordering rules (what "causal" means here, and what the no-look-ahead tests check
   user's own fills) are fills too.
 * Every outcome reaches every model and every combiner, whatever their confidence.
 * Several ensembles (the arms of an A/B comparison) can pool the same model instances in one pass.
+* Checkpoints (:mod:`sigkit.checkpoint`) are taken between chunks, so never inside a group of equal
+  timestamp: a run resumed from one taken at ``T`` skips the events at or before ``T`` and predicts every
+  later fill exactly as the run that never stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -33,7 +37,7 @@ from sigkit.events import (
     BOOK, EVENT_DTYPE, FILL, STAT, TRADE, BookUpdate, FillQuery, MarketStat, Prediction, Trade,
 )
 from sigkit.labels import label_outcome, markout_bps
-from sigkit.learn import RunningBaseRate
+from sigkit.learn import RunningBaseRate, capture_state, restore_state
 from sigkit.plugins import resolve_hooks
 
 
@@ -68,6 +72,8 @@ class RunResult:
     completed: bool
     stop_reason: str | None
     elapsed_s: float
+    resumed_from_ts_ns: int | None = None  # the event time of the checkpoint this run resumed from
+    checkpoints: list[dict] = attrs.field(factory=list)  # {ts_ns, bytes, save_s} of each checkpoint written
 
 
 class _Stopped(Exception):
@@ -155,7 +161,7 @@ class Replay:
     def __init__(self, *, sources: Sequence[tuple[str, Any]], models: Sequence[tuple[str, Any]],
                  ensembles: Sequence[tuple[str, Any, Sequence[str]]] = (), target: Market, labelling: Labelling,
                  public_fills: bool = True, snapshot_interval_ns: int | None = None,
-                 provenance: dict[str, str] | None = None, on_error: str = "stop"):
+                 provenance: dict[str, str] | None = None, on_error: str = "stop", identity: dict | None = None):
         self.target = target
         self.labelling = labelling
         self.public_fills = public_fills
@@ -184,6 +190,15 @@ class Replay:
             self.ensembles.append((name, resolve_hooks(obj, "combiner", label),
                                    [self.model_ids.index(m) for m in members]))
             self._owner[id(obj)] = label
+        self._instances = {mid: obj for mid, obj in models}
+        self._instances.update({name: obj for name, obj, _ in ensembles})
+        # What a checkpoint must match to be resumed here (recipe hash, models, params: see sigkit.checkpoint).
+        self.identity = identity if identity is not None else {
+            "target": str(target), "horizon_ns": labelling.horizon_ns, "threshold_bps": labelling.threshold_bps,
+            "markout_horizons_ns": list(labelling.markout_horizons_ns),
+            "models": [{"id": mid, "model": type(obj).__qualname__, "params": None} for mid, obj in models],
+            "ensembles": [{"name": name, "combiner": type(obj).__qualname__, "members": list(members), "params": None}
+                          for name, obj, members in ensembles]}
 
     def describe_sources(self) -> list[dict]:
         return [hooks["describe"]() if "describe" in hooks else {"source": label} for label, hooks in self.sources]
@@ -196,29 +211,93 @@ class Replay:
         return min(s[0] for s in spans), max(s[1] for s in spans)
 
     def run(self, *, progress: Callable[[int, int], None] | None = None,
-            should_stop: Callable[[], str | None] | None = None) -> RunResult:
+            should_stop: Callable[[], str | None] | None = None, checkpoint_path: str | Path | None = None,
+            checkpoint_every_ns: int | None = None, checkpoint_every_s: float | None = None,
+            resume_from: str | Path | None = None, until_ns: int | None = None) -> RunResult:
         """Replay everything.  ``progress(events_done, last_ts_ns)`` is called after each chunk;
-        ``should_stop()`` returning a reason ends the run early (results cover what was processed)."""
+        ``should_stop()`` returning a reason ends the run early (results cover what was processed).
+
+        ``checkpoint_path``: save every model's, combiner's and the engine's state there every
+        ``checkpoint_every_ns`` of event time and/or ``checkpoint_every_s`` of wall time (between chunks,
+        never inside a group of equal timestamp), and once more when the run ends, however it ends, unless
+        a Ctrl-C interrupted a chunk half-way (the previous checkpoint then stands).  ``resume_from``: start
+        from a checkpoint of the same recipe taken at event time ``T`` (refused with a
+        :class:`sigkit.checkpoint.CheckpointError` otherwise), skipping every event with ``ts_ns <= T``; the
+        result then covers the whole run, the fills before ``T`` included.  ``until_ns``: stop after the
+        last event at or before that event time (the run is then marked stopped, not completed).
+        """
         started = time.perf_counter()
         state = _State(self)
+        if checkpoint_path is not None:
+            self._check_checkpointable()
+        skip_until = None
+        resumed_from = None
+        if resume_from is not None:
+            resumed_from = skip_until = state.resume(resume_from)
         stop_reason = None
+        consistent = True  # False while a chunk is half-processed: no checkpoint can be taken then
+        checkpoints: list[dict] = []
+        every_ns = checkpoint_every_ns if checkpoint_path is not None and checkpoint_every_ns else None
+        next_ns = None  # event time of the next periodic checkpoint (on the grid first_ts + k * every_ns)
+        next_wall = time.monotonic() + checkpoint_every_s if checkpoint_path is not None and checkpoint_every_s else None
         streams = [(label, self._source_chunks(label, hooks)) for label, hooks in self.sources]
         try:
             for chunk in merge_chunks(streams):
-                state.process(chunk)
-                if progress is not None:
-                    progress(state.events_total, state.last_ts)
-                if should_stop is not None:
-                    stop_reason = should_stop()
-                    if stop_reason:
-                        break
+                if skip_until is not None:
+                    ts = chunk["ts_ns"]
+                    if ts[-1] <= skip_until:
+                        continue
+                    chunk = chunk[int(np.searchsorted(ts, skip_until, side="right")):]
+                    skip_until = None
+                # Cut the chunk at the limits below (whole groups of equal timestamp stay together).
+                while len(chunk):
+                    ts = chunk["ts_ns"]
+                    if until_ns is not None and ts[0] > until_ns:
+                        raise _Stopped(f"reached until_ns={until_ns}")
+                    if every_ns and next_ns is None:
+                        first = state.first_ts if state.first_ts is not None else int(ts[0])
+                        done = state.last_ts if state.last_ts is not None else first
+                        next_ns = first + ((done - first) // every_ns + 1) * every_ns
+                    if next_ns is not None and ts[0] > next_ns:
+                        checkpoints.append(state.save(checkpoint_path))
+                        next_ns += ((int(ts[0]) - next_ns) // every_ns + 1) * every_ns
+                    cut = min(x for x in (next_ns, until_ns, int(ts[-1])) if x is not None)
+                    n = int(np.searchsorted(ts, cut, side="right"))
+                    piece, chunk = chunk[:n], chunk[n:]
+                    consistent = False
+                    state.process(piece)
+                    consistent = True
+                    if progress is not None:
+                        progress(state.events_total, state.last_ts)
+                    if should_stop is not None:
+                        reason = should_stop()
+                        if reason:
+                            raise _Stopped(reason)
+                    if next_wall is not None and time.monotonic() >= next_wall:
+                        checkpoints.append(state.save(checkpoint_path))
+                        next_wall = time.monotonic() + checkpoint_every_s
+        except _Stopped as stop:
+            stop_reason = str(stop)
         except KeyboardInterrupt:
             stop_reason = "interrupted (Ctrl-C)"
+        if checkpoint_path is not None and consistent:
+            # Before the final delivery below: a resumed run delivers those outcomes itself, at its next event.
+            checkpoints.append(state.save(checkpoint_path))
         if state.last_ts is not None:
             # Outcomes whose horizon ended at or before the last event are final; later ones are unknown.
             state.deliver_due(state.last_ts + 1)
-        return state.result(completed=stop_reason is None, stop_reason=stop_reason,
-                            elapsed_s=time.perf_counter() - started)
+        result = state.result(completed=stop_reason is None, stop_reason=stop_reason,
+                              elapsed_s=time.perf_counter() - started)
+        result.resumed_from_ts_ns = resumed_from
+        result.checkpoints = [{k: c[k] for k in ("ts_ns", "bytes", "save_s")} for c in checkpoints]
+        return result
+
+    def _check_checkpointable(self) -> None:
+        for name, obj in self._instances.items():
+            if not all(callable(getattr(obj, m, None)) for m in ("state_dict", "load_state_dict")):
+                owner = self._owner.get(id(obj), name)
+                raise ModelError(f"{owner} cannot be checkpointed: it has no state_dict()/load_state_dict() "
+                                 "(see docs/checkpoints.md)")
 
     def _source_chunks(self, label: str, hooks: dict) -> Iterator[np.ndarray]:
         try:
@@ -474,6 +553,117 @@ class _State:
 
         return call
 
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    STATE_VERSION = 1
+
+    def state_dict(self) -> dict:
+        """Everything this replay has learned and remembers, as of the end of the last processed chunk."""
+        replay = self.replay
+        n = len(self.queries)
+        q = self.queries
+        instances = {}
+        for name, obj in replay._instances.items():
+            if name in self.dropped:
+                continue  # a dropped model answers the base rate from then on: nothing of it to keep
+            try:
+                instances[name] = obj.state_dict()
+            except SigkitError:
+                raise
+            except Exception as err:
+                raise ModelError(f"{replay._owner.get(id(obj), name)} failed in state_dict(): "
+                                 f"{type(err).__name__}: {err}") from err
+        preds_index = np.array(sorted(self.member_preds), dtype=np.int64)
+        n_models, n_ens = len(replay.model_ids), len(self.ensembles)
+        member = np.array([[(p.p_adverse, p.confidence, p.expected_cost_bps) for p in self.member_preds[i]]
+                           for i in preds_index.tolist()], dtype=float).reshape(len(preds_index), n_models, 3)
+        return {
+            "version": self.STATE_VERSION,
+            "first_ts": self.first_ts, "last_ts": self.last_ts, "mid": self.mid, "seq": self.seq,
+            "events": dict(self.events), "events_total": self.events_total, "next_snapshot": self.next_snapshot,
+            "history": capture_state(self.history, "describe()"), "dropped": capture_state(self.dropped),
+            "reference": self.reference.state_dict(),
+            "pending": np.array(self.pending, dtype=np.int64).reshape(-1, 4),
+            "fills": {"ts_ns": np.array([x.ts_ns for x in q], dtype=np.int64),
+                      "venue": [x.venue for x in q], "symbol": [x.symbol for x in q],
+                      "side": np.array([x.side for x in q], dtype=np.int64),
+                      "price": np.array([x.price for x in q], dtype=float),
+                      "size": np.array([x.size for x in q], dtype=float),
+                      "mid": np.array(self.mid_at_fill, dtype=float), "p_ref": np.array(self.p_ref, dtype=float),
+                      "truth": np.array(self.truth, dtype=float),
+                      "was_adverse": np.array(self.was_adverse, dtype=float),
+                      "markouts": np.array(self.markouts, dtype=float).reshape(len(self.horizons), n)},
+            "predictions": {"p": np.array(self.p, dtype=float).reshape(n_models, n),
+                            "confidence": np.array(self.conf, dtype=float).reshape(n_models, n),
+                            "cost_bps": np.array(self.cost, dtype=float).reshape(n_models, n),
+                            "ens_p": np.array(self.ens_p, dtype=float).reshape(n_ens, n),
+                            "ens_confidence": np.array(self.ens_conf, dtype=float).reshape(n_ens, n),
+                            "ens_cost_bps": np.array(self.ens_cost, dtype=float).reshape(n_ens, n)},
+            "member_preds": {"index": preds_index, "values": member},
+            "instances": instances,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into this fresh replay state (and every model and combiner)."""
+        if state.get("version") != self.STATE_VERSION:
+            raise ModelError(f"the engine state has layout version {state.get('version')!r}; this sigkit reads "
+                             f"version {self.STATE_VERSION}")
+        replay = self.replay
+        for name, obj in replay._instances.items():
+            saved = state["instances"].get(name)
+            if saved is None:
+                continue
+            try:
+                obj.load_state_dict(saved)
+            except SigkitError as err:
+                raise ModelError(f"{replay._owner.get(id(obj), name)} refused its saved state: {err}") from None
+            except Exception as err:
+                raise ModelError(f"{replay._owner.get(id(obj), name)} failed in load_state_dict(): "
+                                 f"{type(err).__name__}: {err}") from err
+        self.first_ts, self.last_ts, self.mid, self.seq = state["first_ts"], state["last_ts"], state["mid"], state["seq"]
+        self.events = dict(state["events"])
+        self.events_total = state["events_total"]
+        self.next_snapshot = state["next_snapshot"]
+        self.history = restore_state(state["history"])
+        self.dropped = restore_state(state["dropped"])
+        self.reference.load_state_dict(state["reference"])
+        self.pending = [tuple(row) for row in np.asarray(state["pending"]).tolist()]
+        heapq.heapify(self.pending)
+        f = state["fills"]
+        self.queries = [FillQuery(*row) for row in zip(f["ts_ns"].tolist(), f["venue"], f["symbol"],
+                                                       f["side"].tolist(), f["price"].tolist(), f["size"].tolist())]
+        self.mid_at_fill, self.p_ref = f["mid"].tolist(), f["p_ref"].tolist()
+        self.truth, self.was_adverse = f["truth"].tolist(), f["was_adverse"].tolist()
+        self.markouts = [row.tolist() for row in f["markouts"]]
+        pr = state["predictions"]
+        self.p, self.conf, self.cost = ([row.tolist() for row in pr[k]] for k in ("p", "confidence", "cost_bps"))
+        self.ens_p, self.ens_conf, self.ens_cost = ([row.tolist() for row in pr[k]]
+                                                    for k in ("ens_p", "ens_confidence", "ens_cost_bps"))
+        mp = state["member_preds"]
+        self.member_preds = {i: [Prediction(*v) for v in values]
+                             for i, values in zip(mp["index"].tolist(), mp["values"].tolist())}
+
+    def save(self, path: str | Path) -> dict:
+        from sigkit.checkpoint import write_checkpoint
+
+        return write_checkpoint(path, identity=self.replay.identity, ts_ns=self.last_ts, state=self.state_dict())
+
+    def resume(self, path: str | Path) -> int | None:
+        """Load a checkpoint of this run into this fresh state; returns its event time (None: taken before any
+        event)."""
+        from sigkit.checkpoint import CheckpointError, check_identity, read_checkpoint
+
+        header, state = read_checkpoint(path)
+        check_identity(header, self.replay.identity, path)
+        try:
+            self.load_state_dict(state)
+        except ModelError as err:
+            raise CheckpointError(f"cannot resume: {err}", path=str(path)) from None
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise CheckpointError(f"the checkpoint's state is corrupt or incomplete: {type(err).__name__}: {err}",
+                                  path=str(path)) from None
+        return header.get("ts_ns")
+
     def describe_all(self) -> dict[str, dict]:
         states = {mid: hooks["describe"]() for mid, hooks in zip(self.replay.model_ids, self.replay._hooks)
                   if "describe" in hooks and mid not in self.dropped}
@@ -542,6 +732,7 @@ def _check_prediction(pred: Any, who: str) -> None:
 
 def replay_from_recipe(recipe) -> Replay:
     """Build the instances a validated :class:`sigkit.recipe.Recipe` names and wire them into a replay."""
+    from sigkit.checkpoint import recipe_identity
     from sigkit.recipe import instantiate
 
     built = instantiate(recipe)
@@ -551,4 +742,4 @@ def replay_from_recipe(recipe) -> Replay:
                   snapshot_interval_ns=recipe.evaluation.snapshot_interval_ns,
                   provenance={m.id: f"{m.spec.name} from {m.spec.distribution} {m.spec.version}".rstrip()
                               for m in recipe.models},
-                  on_error=recipe.on_error)
+                  on_error=recipe.on_error, identity=recipe_identity(recipe))

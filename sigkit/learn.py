@@ -1,10 +1,12 @@
 """Small online learners shared by models and combiners: the causal base rate, online logistic
-regression, and the expected-cost tracker.  Pure Python on short vectors: per-event calls on a handful of
+regression, the expected-cost tracker, regime tracking, and the learned-state protocol
+(``state_dict()``/``load_state_dict()``, :class:`LearnedState`, :class:`PendingFills`) that checkpoints use.  Pure Python on short vectors: per-event calls on a handful of
 features are faster without numpy's per-call overhead."""
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 
 P_FLOOR = 1e-6
@@ -22,7 +24,193 @@ def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-class RunningBaseRate:
+# -- learned state, for checkpoints -------------------------------------------------------------------
+
+def check_state_version(state: dict, expected: int, owner: str) -> None:
+    """Refuse a state saved by another version of ``owner``'s state layout, with a clear message."""
+    from sigkit.errors import ModelError
+
+    if not isinstance(state, dict) or "version" not in state:
+        raise ModelError(f"{owner}: the saved state is not a state_dict (no 'version' key)")
+    if state["version"] != expected:
+        raise ModelError(f"{owner}: the saved state has layout version {state['version']!r}, this code reads "
+                         f"version {expected}; resume with the sigkit and plugin versions that wrote it, or start afresh")
+
+
+def capture_state(value, owner: str = "state"):
+    """``value`` as plain data: lists, str-keyed dicts, numbers, strings, None and numpy arrays, with
+    tuples, deques, other dicts and objects that have ``state_dict()`` tagged so :func:`restore_state`
+    rebuilds them exactly.  Raises :class:`sigkit.ModelError` naming anything else."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [capture_state(v, owner) for v in value]
+    if isinstance(value, tuple):
+        return {"__tuple__": [capture_state(v, owner) for v in value]}
+    if isinstance(value, deque):
+        return {"__deque__": [capture_state(v, owner) for v in value], "maxlen": value.maxlen}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: capture_state(v, owner) for k, v in value.items()}
+        return {"__items__": [[capture_state(k, owner), capture_state(v, owner)] for k, v in value.items()]}
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, np.generic):
+        return value
+    if callable(getattr(value, "state_dict", None)) and not isinstance(value, type):
+        return {"__state__": value.state_dict()}
+    from sigkit.errors import ModelError
+
+    raise ModelError(f"{owner}: cannot save a {type(value).__name__} in a checkpoint; give it state_dict() and "
+                     "load_state_dict(), or keep it out of the learned state")
+
+
+def restore_state(data, current=None):
+    """The inverse of :func:`capture_state`.  Objects saved through their ``state_dict()`` are restored in
+    place into ``current`` (the freshly built object at the same place), so the structure must match."""
+    if isinstance(data, list):
+        if isinstance(current, list) and len(current) == len(data):
+            return [restore_state(d, c) for d, c in zip(data, current)]
+        return [restore_state(d) for d in data]
+    if isinstance(data, dict):
+        if "__state__" in data:
+            if not callable(getattr(current, "load_state_dict", None)):
+                from sigkit.errors import ModelError
+
+                raise ModelError(f"saved state of an object where the model now has {type(current).__name__}")
+            current.load_state_dict(data["__state__"])
+            return current
+        if "__tuple__" in data:
+            items = data["__tuple__"]
+            if isinstance(current, tuple) and len(current) == len(items):
+                return tuple(restore_state(d, c) for d, c in zip(items, current))
+            return tuple(restore_state(d) for d in items)
+        if "__deque__" in data:
+            return deque((restore_state(d) for d in data["__deque__"]), maxlen=data["maxlen"])
+        if "__items__" in data:
+            return {restore_state(k): restore_state(v) for k, v in data["__items__"]}
+        old = current if isinstance(current, dict) else {}
+        return {k: restore_state(v, old.get(k)) for k, v in data.items()}
+    if hasattr(data, "copy") and hasattr(data, "dtype") and getattr(data, "ndim", 0):
+        return data.copy()
+    return data
+
+
+class LearnedState:
+    """Mixin: ``state_dict()`` / ``load_state_dict()`` over every attribute of the instance except
+    ``STATE_EXCLUDE`` (configuration rebuilt from the recipe, such as ``params`` and ``target``).
+
+    What a model, combiner or helper learned and remembers is in its attributes: weights, running moments,
+    decayed sums, windows of recent events, pending features.  Saving all of them (helpers that mix this in
+    or have their own ``state_dict()`` are saved through it) means nothing is forgotten when a new one is
+    added.  Bump ``STATE_VERSION`` when the meaning of an attribute changes: an older checkpoint is then
+    refused instead of being misread.
+    """
+
+    STATE_VERSION = 1
+    STATE_EXCLUDE: tuple[str, ...] = ("params", "target")
+
+    def _state_names(self) -> list[str]:
+        """The attributes that make up the state: those in ``__dict__`` and in any ``__slots__``."""
+        names = list(getattr(self, "__dict__", {}))
+        for cls in type(self).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name not in names and name not in ("__dict__", "__weakref__") and hasattr(self, name):
+                    names.append(name)
+        return [k for k in names if k not in self.STATE_EXCLUDE]
+
+    def state_dict(self) -> dict:
+        owner = type(self).__name__
+        return {"version": self.STATE_VERSION, "kind": owner,
+                "attrs": {k: capture_state(getattr(self, k), f"{owner}.{k}") for k in self._state_names()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        from sigkit.errors import ModelError
+
+        owner = type(self).__name__
+        check_state_version(state, self.STATE_VERSION, owner)
+        if state.get("kind") != owner:
+            raise ModelError(f"{owner}: the saved state belongs to {state.get('kind')!r}")
+        saved = state["attrs"]
+        names = set(self._state_names())
+        if set(saved) != names:
+            extra, missing = sorted(set(saved) - names), sorted(names - set(saved))
+            raise ModelError(f"{owner}: the saved state does not fit this code (unexpected: {', '.join(extra) or '-'}; "
+                             f"missing: {', '.join(missing) or '-'}); bump STATE_VERSION when the state changes")
+        for name, data in saved.items():
+            setattr(self, name, restore_state(data, getattr(self, name)))
+
+
+def _bits(x: float) -> str:
+    return float(x).hex()  # exact, and NaN equals NaN
+
+
+def fill_key(fill) -> tuple:
+    """A fill's identity by value (time, market, side, price, size): how remembered fills are matched to their
+    outcomes after a checkpoint, when the fill objects are new."""
+    return (fill.ts_ns, fill.venue, fill.symbol, fill.side, _bits(fill.price), _bits(fill.size))
+
+
+class PendingFills:
+    """What a model remembered about each fill it predicted (its features, say), until the outcome arrives.
+
+    ``put(fill, value)`` at predict time; ``pop(fill, default)`` at ``record_outcome``.  Matched by the fill
+    object itself (the engine hands the same object back in the outcome), and, for entries restored from a
+    checkpoint, by the fill's values: fills equal in every field are matched first in, first out, the order
+    in which the engine delivers their outcomes.
+    """
+
+    STATE_VERSION = 1
+
+    def __init__(self) -> None:
+        self._live: dict[int, tuple] = {}  # id(fill) -> (fill, value); holding the fill keeps its id unique
+        self._restored: dict[tuple, list] = {}  # fill_key -> [value, ...]
+
+    def put(self, fill, value) -> None:
+        self._live[id(fill)] = (fill, value)
+
+    def pop(self, fill, default=None):
+        entry = self._live.pop(id(fill), None)
+        if entry is not None:
+            return entry[1]
+        if self._restored:
+            key = fill_key(fill)
+            values = self._restored.get(key)
+            if values:
+                value = values.pop(0)
+                if not values:
+                    del self._restored[key]
+                return value
+        return default
+
+    def get(self, fill, default=None):
+        """What was remembered for ``fill``, left in place."""
+        entry = self._live.get(id(fill))
+        if entry is not None:
+            return entry[1]
+        values = self._restored.get(fill_key(fill)) if self._restored else None
+        return values[0] if values else default
+
+    def __len__(self) -> int:
+        return len(self._live) + sum(len(v) for v in self._restored.values())
+
+    def state_dict(self) -> dict:
+        fills = [[list(key), capture_state(v, "pending fill")] for key, values in self._restored.items() for v in values]
+        fills += [[list(fill_key(fill)), capture_state(v, "pending fill")] for fill, v in self._live.values()]
+        return {"version": self.STATE_VERSION, "fills": fills}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_state_version(state, self.STATE_VERSION, "PendingFills")
+        self._live = {}
+        self._restored = {}
+        for key, value in state["fills"]:
+            self._restored.setdefault(tuple(key), []).append(restore_state(value))
+
+
+class RunningBaseRate(LearnedState):
     """The causal base rate: the share of adverse outcomes delivered so far.
 
     With a Beta(``prior_adverse``, ``prior_total - prior_adverse``) prior, so the first answer is 0.5.
@@ -55,7 +243,7 @@ class RunningBaseRate:
         return (self._adverse + self._prior_adverse) / (self._total + self._prior_total)
 
 
-class OnlineLogistic:
+class OnlineLogistic(LearnedState):
     """Logistic regression fitted by constant-step SGD on log loss, so it keeps adapting.
 
     ``p = sigmoid(b + w.x)``; each update moves ``w`` by ``-lr * ((p - y) x + l2 w)`` and ``b`` by
@@ -93,7 +281,7 @@ class OnlineLogistic:
         self.n_updates += 1
 
 
-class ConditionalCost:
+class ConditionalCost(LearnedState):
     """Expected adverse-selection cost from a probability: running means of realized cost (bps) among
     adverse and non-adverse outcomes, mixed by ``p``."""
 
@@ -121,7 +309,7 @@ def evidence_confidence(n_outcomes: int, half_evidence: float) -> float:
 REGIME_DIMENSIONS = ("volatility", "spread")
 
 
-class RegimeTracker:
+class RegimeTracker(LearnedState):
     """Volatility and spread regimes of one market, from its book updates in event time.
 
     Each dimension compares a fast exponentially weighted estimate with a slow one: volatility is the
@@ -200,3 +388,4 @@ class RegimeTracker:
                         and self._spread[0] / self._weight[0] > self._spread[1] / self._weight[1] * self.ratio)
             state |= int(high) << bit
         return state
+

@@ -25,8 +25,9 @@ The checks of :func:`check_model` (each passes, fails or is skipped, with a reas
   finite probabilities; any other exception, or a NaN/out-of-range prediction, fails.
 * ``params``: every parameter has a doc, durations have a unit, and every parameter has a default
   unless ``params`` supplies it.
-* ``state``: if the model has ``state_dict()`` and ``load_state_dict(state)``, saving mid-run and restoring
-  into a fresh instance gives identical subsequent predictions; otherwise skipped ("not supported").
+* ``state``: if the model has ``state_dict()`` and ``load_state_dict(state)``, saving mid-run (through the
+  checkpoint file's encoding) and restoring into a fresh instance gives identical subsequent predictions;
+  otherwise skipped ("not supported").
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import numpy as np
 
 import sigkit
 from sigkit.context import Market, RunContext
+from sigkit.checkpoint import decode_state, encode_state
 from sigkit.engine import Labelling, Replay, RunResult
 from sigkit.errors import ModelError, SigkitError
 from sigkit.events import BOOK, STAT, TRADE, new_rows
@@ -343,7 +345,8 @@ class _Swapper:
 
     def predict(self, query):
         if not self.switched and query.ts_ns >= self.switch_ns:
-            state = copy.deepcopy(self.inner.state_dict())
+            # Through the checkpoint file's encoding, so a state that cannot be saved fails here.
+            state = decode_state(encode_state(copy.deepcopy(self.inner.state_dict())))
             fresh = self.setup.build()
             fresh.load_state_dict(state)
             self.inner, self.switched = fresh, True

@@ -244,7 +244,7 @@ def test_reliability_is_a_newton_step_on_the_issued_score_and_starts_at_the_base
         model.predict(query(T0 + (k + 1) * S, side=1 if k % 2 else -1))
     q = query(T0 + 5 * S, side=1)
     prediction = model.predict(q)
-    z, offset, s = model.pending[id(q)]
+    z, offset, s = model.pending.get(q)
     assert s == pytest.approx(sum(0.1 * v for v in z)) and s != 0
     assert prediction.p_adverse == pytest.approx(0.5)  # beta starts at 0: the base rate, whatever s says
     model.record_outcome(sigkit.Outcome(q, S, 50_000.0, -1.0, True, 1.0))

@@ -19,7 +19,7 @@ class BaseRateParams:
     evidence: float = sigkit.param(50.0, doc="outcomes after which confidence reaches 0.5", unit="outcomes")
 
 
-class BaseRate:
+class BaseRate(sigkit.LearnedState):
     """Predicts the share of adverse outcomes seen so far, the same for every fill.
 
     With no half-life this equals the causal reference every model is scored against, so its skill is
@@ -49,7 +49,7 @@ class FlowParams:
     evidence: float = sigkit.param(200.0, doc="outcomes after which confidence reaches 0.5", unit="outcomes")
 
 
-class Flow:
+class Flow(sigkit.LearnedState):
     """Recent signed trade flow on the target market, learned online.
 
     Features at a fill (aggressor side ``a = -fill side``; flow imbalance ``imb`` = EW signed volume / EW
@@ -70,7 +70,7 @@ class Flow:
                                            intercept_learning_rate=0.0)
         self.base_rate = sigkit.RunningBaseRate()
         self.cost = sigkit.ConditionalCost()
-        self.pending: dict[int, tuple[list[float], float]] = {}  # id(fill) -> (features, offset)
+        self.pending = sigkit.PendingFills()  # fill -> (features, offset)
 
     def _decay_to(self, ts_ns: int) -> None:
         if self.last_ts is not None and ts_ns > self.last_ts:
@@ -94,13 +94,13 @@ class Flow:
     def predict(self, query: sigkit.FillQuery) -> sigkit.Prediction:
         x = self.features(query)
         offset = sigkit.logit(self.base_rate.rate)
-        self.pending[id(query)] = (x, offset)
+        self.pending.put(query, (x, offset))
         p = self.model.predict(x, offset)
         return sigkit.Prediction(p, sigkit.evidence_confidence(self.model.n_updates, self.params.evidence),
                                  self.cost.expected(p))
 
     def record_outcome(self, outcome: sigkit.Outcome) -> None:
-        entry = self.pending.pop(id(outcome.fill), None)
+        entry = self.pending.pop(outcome.fill)
         y = 1.0 if outcome.was_adverse else 0.0
         if entry is not None:
             self.model.update(entry[0], y, entry[1])

@@ -25,7 +25,7 @@ def _pooled_cost(predictions: Sequence[sigkit.Prediction], weights: Sequence[flo
     return sum(w * c for w, c in costs) / total if total > 0 else math.nan
 
 
-class Mean:
+class Mean(sigkit.LearnedState):
     """The plain average of the member probabilities (linear pool with equal weights)."""
 
     def __init__(self, params: None, context: sigkit.RunContext):
@@ -60,7 +60,7 @@ class LogitParams:
     extremize: float = sigkit.param(1.0, doc="multiplies the pooled log-odds; > 1 sharpens (Satopaa et al. 2014)")
 
 
-class Logit:
+class Logit(sigkit.LearnedState):
     """Log-odds pool: ``logit p = extremize * mean_k logit p_k``."""
 
     def __init__(self, params: LogitParams, context: sigkit.RunContext):
@@ -91,12 +91,12 @@ class StackingParams:
             "sum (independent evidence adds up); logodds: regress on the raw log-odds, starting from their mean")
 
 
-class _RegimeAware:
+class _RegimeAware(sigkit.LearnedState):
     """Shared by the learning combiners: follows the target's regime and remembers it for each fill."""
 
     def _init_regimes(self, params, context: sigkit.RunContext) -> int:
         self.tracker = None
-        self.pending_state: dict[int, int] = {}
+        self.pending_state = sigkit.PendingFills()  # fill -> regime state
         if not params.regimes:
             return 1
         try:
@@ -113,11 +113,11 @@ class _RegimeAware:
 
     def _state_for(self, query) -> int:
         state = self.tracker.state(query.ts_ns) if self.tracker is not None else 0
-        self.pending_state[id(query)] = state
+        self.pending_state.put(query, state)
         return state
 
     def _state_of(self, outcome) -> int:
-        return self.pending_state.pop(id(outcome.fill), 0)
+        return self.pending_state.pop(outcome.fill, 0)
 
 
 class Stacking(_RegimeAware):
@@ -142,7 +142,7 @@ class Stacking(_RegimeAware):
             for _ in range(self._init_regimes(params, context))]
         self.model = self.models[0]
         self.base_rate = sigkit.RunningBaseRate()
-        self.pending_inputs: dict[int, tuple[list[float], float]] = {}
+        self.pending_inputs = sigkit.PendingFills()  # fill -> (inputs, offset)
         self.equal = [1.0 / k] * k
 
     def _inputs(self, predictions) -> tuple[list[float], float]:
@@ -155,14 +155,14 @@ class Stacking(_RegimeAware):
     def combine(self, query, predictions):
         model = self.models[self._state_for(query)]
         x, offset = self._inputs(predictions)
-        self.pending_inputs[id(query)] = (x, offset)
+        self.pending_inputs.put(query, (x, offset))
         own = sigkit.evidence_confidence(model.n_updates, self.params.evidence)
         return sigkit.Prediction(model.predict(x, offset), own * _mean_confidence(predictions, self.equal),
                                  _pooled_cost(predictions, self.equal))
 
     def record_outcome(self, outcome, predictions):
         # The inputs as they were when the prediction was made (the base rate has moved since).
-        x, offset = self.pending_inputs.pop(id(outcome.fill), None) or self._inputs(predictions)
+        x, offset = self.pending_inputs.pop(outcome.fill) or self._inputs(predictions)
         self.models[self._state_of(outcome)].update(x, 1.0 if outcome.was_adverse else 0.0, offset)
         self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)
 

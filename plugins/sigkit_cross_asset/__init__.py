@@ -77,7 +77,7 @@ class CrossAssetParams:
 
 
 
-class _MidTicks:
+class _MidTicks(sigkit.LearnedState):
     """The times and mids of one market's mid changes, kept for a rolling span (O(1) amortised per tick)."""
 
     def __init__(self, keep_ns: int):
@@ -117,7 +117,7 @@ class _MidTicks:
         return np.array(self.ts[k:], dtype=np.int64), np.array(self.mid[k:], dtype=float)
 
 
-class CrossAsset:
+class CrossAsset(sigkit.LearnedState):
     """HRY lead-lag estimate of a leader market, and its unreflected move fed to an online logistic fit."""
 
     def __init__(self, params: CrossAssetParams, context: sigkit.RunContext):
@@ -147,7 +147,25 @@ class CrossAsset:
                                            intercept_learning_rate=0.0)
         self.base_rate = sigkit.RunningBaseRate()
         self.cost = sigkit.ConditionalCost()
-        self.pending: dict[int, tuple[list[float], float]] = {}  # id(fill) -> (features, offset)
+        self.pending = sigkit.PendingFills()  # fill -> (features, offset)
+
+    # -- learned state (checkpoints) -----------------------------------------------------------------
+
+    STATE_EXCLUDE = ("params", "target", "leader", "estimate")  # the estimate is a frozen record: saved apart
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        e = self.estimate
+        state["estimate"] = None if e is None else {
+            **{f: getattr(e, f) for f in attrs.fields_dict(LeadLagEstimate) if f not in ("shifts_ns", "rho")},
+            "shifts_ns": list(e.shifts_ns), "rho": list(e.rho)}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        e = state.get("estimate")
+        self.estimate = None if e is None else LeadLagEstimate(
+            **{**e, "shifts_ns": tuple(e["shifts_ns"]), "rho": tuple(e["rho"])})
 
     # -- the current estimate ------------------------------------------------------------------------
 
@@ -241,13 +259,13 @@ class CrossAsset:
             p = self.base_rate.rate
             return sigkit.Prediction(p, 0.0, self.cost.expected(p))
         offset = sigkit.logit(self.base_rate.rate)
-        self.pending[id(query)] = (x, offset)
+        self.pending.put(query, (x, offset))
         p = self.model.predict(x, offset)
         return sigkit.Prediction(p, sigkit.evidence_confidence(self.model.n_updates, self.params.evidence),
                                  self.cost.expected(p))
 
     def record_outcome(self, outcome: sigkit.Outcome) -> None:
-        entry = self.pending.pop(id(outcome.fill), None)
+        entry = self.pending.pop(outcome.fill)
         if entry is not None:
             self.model.update(entry[0], 1.0 if outcome.was_adverse else 0.0, entry[1])
         self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)

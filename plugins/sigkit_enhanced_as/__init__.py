@@ -97,7 +97,7 @@ def ofi_event(prev_bid_px: float, prev_bid_sz: float, prev_ask_px: float, prev_a
     return e
 
 
-class EventTimeScales:
+class EventTimeScales(sigkit.LearnedState):
     """Decayed sums and time averages at several timescales on irregular event time.
 
     ``sums[j][k]`` is ``sum_i exp(-(t - t_i) / tau_k) x_i`` of the increments added to sum ``j``;
@@ -149,7 +149,7 @@ class EventTimeScales:
 RELATIVE_SD_FLOOR = 0.05
 
 
-class OnlineStandardiser:
+class OnlineStandardiser(sigkit.LearnedState):
     """Running mean and variance per feature; ``transform`` scales by the moments so far, then updates them.
 
     The weight of a new observation is ``max(1 / n, 1 / window)``: an exact running mean and variance
@@ -191,7 +191,7 @@ class OnlineStandardiser:
         return out
 
 
-class OnlinePlatt:
+class OnlinePlatt(sigkit.LearnedState):
     """Online Platt calibration ``p = sigmoid(offset + A u + C)`` of a log-odds ``u`` over a known
     ``offset``, by SGD on log loss; ``A`` is kept at or above 0 (a calibrator may shrink a model, never
     turn it round)."""
@@ -218,7 +218,7 @@ _SIGNED_VOLUME, _VOLUME, _OFI, _RETURN_BPS, _TRADES, _IMPACTS = range(6)
 _IMBALANCE, _SPREAD, _DEPTH = range(3)
 
 
-class EnhancedAS:
+class EnhancedAS(sigkit.LearnedState):
     """Multi-timescale public microstructure of the target market, online logistic fit, online Platt map."""
 
     def __init__(self, params: EnhancedASParams, context: sigkit.RunContext):
@@ -245,7 +245,7 @@ class EnhancedAS:
                                        params.calibration_initial_slope)
         self.base_rate = sigkit.RunningBaseRate()
         self.cost = sigkit.ConditionalCost()
-        self.pending: dict[int, tuple[list[float], float, float]] = {}  # id(fill) -> (x, offset, issued u)
+        self.pending = sigkit.PendingFills()  # fill -> (x, offset, issued u)
 
     # -- market events --------------------------------------------------------------------------------
 
@@ -332,13 +332,13 @@ class EnhancedAS:
         x = self.standardiser.transform(self.features(query))
         offset = sigkit.logit(self.base_rate.rate)
         u = self.model.decision(x)  # the features' log-odds over the base rate
-        self.pending[id(query)] = (x, offset, u)
+        self.pending.put(query, (x, offset, u))
         p = self.calibration(u, offset)
         return sigkit.Prediction(p, sigkit.evidence_confidence(self.model.n_updates, self.params.evidence),
                                  self.cost.expected(p))
 
     def record_outcome(self, outcome: sigkit.Outcome) -> None:
-        entry = self.pending.pop(id(outcome.fill), None)
+        entry = self.pending.pop(outcome.fill)
         y = 1.0 if outcome.was_adverse else 0.0
         if entry is not None:
             x, offset, u = entry

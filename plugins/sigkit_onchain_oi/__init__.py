@@ -112,7 +112,7 @@ class OnchainOIParams:
             raise ValueError("reliability_prior must be positive")
 
 
-class EWRate:
+class EWRate(sigkit.LearnedState):
     """An exponentially weighted rate of impulses: ``lam * sum_i v_i exp(-lam (t - t_i))``, per second.
 
     For a steady stream of impulses ``v`` every ``dt`` seconds it reads ``v / dt``; it decays to zero when
@@ -140,7 +140,7 @@ class EWRate:
         return self.lam_per_s * self.total * math.exp(-self.lam_per_ns * max(ts_ns - self.last_ts, 0))
 
 
-class OnlineStandardiser:
+class OnlineStandardiser(sigkit.LearnedState):
     """Running mean and variance per feature: exact (Welford) for the first ``window`` updates, then
     exponentially weighted with weight ``1 / window``.  ``transform`` uses the statistics before the update."""
 
@@ -169,7 +169,7 @@ class OnlineStandardiser:
         return z
 
 
-class OnchainOI:
+class OnchainOI(sigkit.LearnedState):
     """Open interest, funding and liquidations of the target market, learned online (see the module doc)."""
 
     def __init__(self, params: OnchainOIParams, context: sigkit.RunContext):
@@ -200,7 +200,7 @@ class OnchainOI:
         self._reliability_keep = 1.0 - 1.0 / params.reliability_memory if params.reliability_memory else 1.0
         self.base_rate = sigkit.RunningBaseRate()
         self.cost = sigkit.ConditionalCost()
-        self.pending: dict[int, tuple[list[float], float, float]] = {}  # id(fill) -> (z, offset, score)
+        self.pending = sigkit.PendingFills()  # fill -> (z, offset, score)
 
     @staticmethod
     def feature_names(params: OnchainOIParams) -> list[str]:
@@ -312,13 +312,13 @@ class OnchainOI:
         z = self.scaler.transform_and_update(self.features(query))
         offset = sigkit.logit(self.base_rate.rate)
         s = self.score(z)
-        self.pending[id(query)] = (z, offset, s)
+        self.pending.put(query, (z, offset, s))
         p = sigkit.sigmoid(offset + self.reliability * s)
         return sigkit.Prediction(p, sigkit.evidence_confidence(self.model.n_updates, self.params.evidence),
                                  self.cost.expected(p))
 
     def record_outcome(self, outcome: sigkit.Outcome) -> None:
-        entry = self.pending.pop(id(outcome.fill), None)
+        entry = self.pending.pop(outcome.fill)
         y = 1.0 if outcome.was_adverse else 0.0
         if entry is not None:
             z, offset, s = entry

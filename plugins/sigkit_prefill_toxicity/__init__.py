@@ -101,7 +101,7 @@ def _check(params: PreFillToxicityParams) -> None:
         raise sigkit.ModelError("prefill_toxicity: " + "; ".join(problems))
 
 
-class FeatureScaler:
+class FeatureScaler(sigkit.LearnedState):
     """Online standardisation: EW mean and variance with weight ``max(1/n, 1/memory)`` (a plain running
     mean and variance for the first ``memory`` samples, exponentially forgetting after)."""
 
@@ -131,7 +131,7 @@ class FeatureScaler:
         return out
 
 
-class PreFillToxicity:
+class PreFillToxicity(sigkit.LearnedState):
     """VPIN, sign surprise, Kyle's lambda and trade intensity of the pre-fill flow, fitted online."""
 
     def __init__(self, params: PreFillToxicityParams, context: sigkit.RunContext):
@@ -151,7 +151,7 @@ class PreFillToxicity:
         self.cost = sigkit.ConditionalCost()
         # The slope on the fitted log-odds, learned from the fit's own out-of-sample scores: see the module doc.
         self.trust = sigkit.OnlineLogistic(1, learning_rate=params.trust_learning_rate, intercept_learning_rate=0.0)
-        self.pending: dict[int, tuple[list[float], float, float]] = {}  # id(fill) -> (features, score, offset)
+        self.pending = sigkit.PendingFills()  # fill -> (features, score, offset)
 
     def on_trade(self, trade: sigkit.Trade) -> None:
         if trade.venue != self.target.venue or trade.symbol != self.target.symbol:
@@ -187,13 +187,13 @@ class PreFillToxicity:
         self.scaler.update(raw)
         offset = sigkit.logit(self.base_rate.rate)
         score = self.model.decision(x)  # the features' log-odds, as the inner fit sees them
-        self.pending[id(query)] = (x, score, offset)
+        self.pending.put(query, (x, score, offset))
         p = self.trust.predict((score,), offset)
         return sigkit.Prediction(p, sigkit.evidence_confidence(self.model.n_updates, self.params.evidence),
                                  self.cost.expected(p))
 
     def record_outcome(self, outcome: sigkit.Outcome) -> None:
-        entry = self.pending.pop(id(outcome.fill), None)
+        entry = self.pending.pop(outcome.fill)
         if entry is not None:
             x, score, offset = entry
             y = 1.0 if outcome.was_adverse else 0.0

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
+import sigkit
+
 LN2 = math.log(2.0)
 
 
-class VolumeBuckets:
+class VolumeBuckets(sigkit.LearnedState):
     """Exact-sign VPIN (Easley, Lopez de Prado & O'Hara 2012, with the aggressor side from the feed).
 
     Trade volume fills buckets of ``bucket_volume`` base units in arrival order; a trade that overflows a
@@ -81,7 +83,7 @@ class VolumeBuckets:
         return self._sum_signed / n if n else 0.0
 
 
-class SignSurprise:
+class SignSurprise(sigkit.LearnedState):
     """Trade-sign surprise against the sign's own lag-1 autocorrelation (METHODS.md 5.5).
 
     ``rho`` is an exponentially weighted mean of ``eps_i * eps_{i-1}`` over trades (half-life
@@ -126,7 +128,7 @@ class SignSurprise:
         return self._sum / self._weight if self._weight > 0.0 else 0.0
 
 
-class KyleLambda:
+class KyleLambda(sigkit.LearnedState):
     """Kyle's lambda from an exponentially weighted regression of mid changes on signed flow (METHODS.md 5.4).
 
     Time is cut into intervals of ``interval_ns`` aligned on the clock.  For each interval ``k``, ``Q_k`` is
@@ -236,7 +238,7 @@ class KyleLambda:
         return alpha + lam * self.recent_flow
 
 
-class TradeIntensity:
+class TradeIntensity(sigkit.LearnedState):
     """Trade arrival rate at a short versus a long timescale: ``log((r_short + c) / (r_long + c))``.
 
     ``r_h`` is the exponentially decayed trade count with half-life ``h`` times ``ln 2 / h`` (trades per
