@@ -84,8 +84,18 @@ def _registry(warn: bool = True):
               help="Event time between checkpoints, with a unit (30s, 5m).")
 @click.option("--resume", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Start from a checkpoint of this same recipe: skip the events it has seen and go on.")
+@click.option("--live", is_flag=True,
+              help="Connect to the venues the recipe's data entries name (binance, hyperliquid) over their public "
+                   "websockets instead of reading files; see docs/live.md.")
+@click.option("--duration", default=None,
+              help="--live: stop after this much wall time, with a unit (45m, 2h)  [default: until Ctrl-C]")
+@click.option("--record", "record_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="--live: write everything received to DIR in the replayable raw formats.")
+@click.option("--report-every", default="30s", show_default=True,
+              help="--live: rewrite OUT/report.json and redraw the table this often (wall time).")
 def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line: str | None,
-        checkpoint: Path | None, checkpoint_every: str, resume: Path | None) -> None:
+        checkpoint: Path | None, checkpoint_every: str, resume: Path | None, live: bool, duration: str | None,
+        record_dir: Path | None, report_every: str) -> None:
     """Replay RECIPE's data through its models and score every fill.
 
     Every model is asked about each fill before the fill's own trade is revealed, learns from every
@@ -96,17 +106,29 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line
     exits with 128 + the signal number (130 or 143).  With --checkpoint the models' learned state is saved
     too, and --resume goes on from it with the same predictions as an uninterrupted run.
 
+    With --live the same recipe runs on the venues' public feeds (no credentials): events are stamped with
+    the local receive time, the console shows each model's running Brier, skill and coverage (and the
+    sequential A/B state when the recipe has arms), report.json is rewritten every --report-every, and
+    --record DIR keeps a recording that `sigkit run` replays to the same predictions.
+
     \b
-    Example:
+    Examples:
       sigkit run recipes/quickstart.yaml --out runs/quick
+      sigkit run recipes/live_btc.yaml --live --duration 45m --record recordings/today
     """
     from sigkit.recipe import load_recipe
     from sigkit.report import format_table, table_rows
 
     parsed = _with_bad_line_policy(load_recipe(recipe, _registry()), on_bad_line)
     every_ns = _duration_option(checkpoint_every, "--checkpoint-every")
+    if not live and (duration or record_dir):
+        raise SigkitError("--duration and --record belong to live runs: add --live")
+    live_options = None
+    if live:
+        live_options = {"duration_s": _duration_option(duration, "--duration") / 1e9 if duration else None,
+                        "record_dir": record_dir, "report_every_s": _duration_option(report_every, "--report-every") / 1e9}
     report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html, checkpoint=checkpoint,
-                                                    checkpoint_every_ns=every_ns, resume=resume)
+                                                    checkpoint_every_ns=every_ns, resume=resume, live=live_options)
     if not quiet:
         header, rows = table_rows(report)
         click.echo(format_table(header, rows))
@@ -120,20 +142,45 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line
 
 def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, n_boot: int = 1000,
                       checkpoint: Path | None = None, checkpoint_every_ns: int | None = None,
-                      resume: Path | None = None):
+                      resume: Path | None = None, live: dict | None = None):
     """Replay a validated recipe (stoppable by SIGTERM/Ctrl-C), then write its report and predictions.
 
     With ``checkpoint``, the models' state is saved every ``checkpoint_every_ns`` of event time and at exit;
-    with ``resume``, the run starts from such a checkpoint."""
+    with ``resume``, the run starts from such a checkpoint.  ``live`` (``duration_s``, ``record_dir``,
+    ``report_every_s``) runs on the venues' live feeds instead of the recipe's files."""
     from sigkit.engine import replay_from_recipe
     from sigkit.report import build_report, write_outputs
 
-    replay = replay_from_recipe(parsed)
     out_dir = out_dir or Path("sigkit-runs") / parsed.name
     stop = _StopFlag()
-    with stop.installed(), _progress(replay.span_ns(), quiet) as progress:
-        result = replay.run(progress=progress, should_stop=stop.reason, checkpoint_path=checkpoint,
-                            checkpoint_every_ns=checkpoint_every_ns if checkpoint else None, resume_from=resume)
+    live_source = None
+    if live is not None:
+        from sigkit.live import live_source_for
+
+        if parsed.fills_path is not None:
+            raise SigkitError(f"{parsed.path}: live runs use the public fill model; remove `fills: {{path: ...}}`")
+        live_source = live_source_for(parsed, record_dir=live["record_dir"], duration_s=live["duration_s"],
+                                      should_stop=stop.reason)
+    replay = replay_from_recipe(parsed, sources=None if live_source is None else [("live", live_source)])
+
+    def interim(result) -> None:  # live: a crash loses at most the last interval
+        report = build_report(result, parsed, sources=replay.describe_sources(), plugins=_plugins_used(parsed),
+                              version=_version(), n_boot=200)
+        write_outputs(out_dir, report, result)
+        if table is not None:
+            table.show(report)
+
+    table = None if (live is None or quiet) else _LiveTable()
+    try:
+        with stop.installed(), (_progress(replay.span_ns(), quiet) if live is None else _nothing()) as progress, \
+                (table or _nothing()):
+            result = replay.run(progress=progress, should_stop=stop.reason, checkpoint_path=checkpoint,
+                                checkpoint_every_ns=checkpoint_every_ns if checkpoint else None, resume_from=resume,
+                                on_interval=None if live is None else interim,
+                                interval_s=live["report_every_s"] if live else 30.0)
+    finally:
+        if live_source is not None:
+            live_source.close()
     if checkpoint is not None and result.checkpoints:
         last = result.checkpoints[-1]
         click.echo(f"checkpoint {checkpoint} at ts_ns={last['ts_ns']} ({last['bytes']:,} bytes)", err=True)
@@ -143,6 +190,50 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
     if html:
         _render_html(out_dir, quiet)
     return report, result, paths, stop
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext(None)
+
+
+class _LiveTable:
+    """The live console: each model's running Brier, skill, coverage (and the A/B state), redrawn in place."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.live import Live
+
+        self._live = Live("waiting for the first scored fills...", console=Console(stderr=True),
+                          auto_refresh=False)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._live.__exit__(*exc)
+
+    def show(self, report: dict) -> None:
+        from rich.table import Table
+
+        from sigkit.report import table_rows
+
+        header, rows = table_rows(report)
+        keep = [i for i, h in enumerate(header) if h in ("model", "n_scored", "coverage", "brier", "brier_ref", "bss",
+                                                          "skill_t", "edge", "log_loss")]
+        data = report["data"]
+        table = Table(title=f"live {report['recipe']['name']}: {data['events']['total']:,} events, "
+                            f"{data['fills']:,} fills ({data['fills_labelled']:,} labelled), last {data['last_ts']}")
+        for i in keep:
+            table.add_column(header[i], justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*(row[i] for i in keep))
+        for c in report.get("ab", {}).get("comparisons", []):
+            seq = c["sequential"]
+            p = seq.get("p_value") if seq.get("burn_in_done") else None
+            table.caption = (table.caption or "") + (f"{c['b']} vs {c['a']}: always-valid p "
+                                                     f"{'-' if p is None else format(p, '.3g')}; ")
+        self._live.update(table, refresh=True)
 
 
 def _with_bad_line_policy(parsed, on_bad_line: str | None):

@@ -213,7 +213,8 @@ class Replay:
     def run(self, *, progress: Callable[[int, int], None] | None = None,
             should_stop: Callable[[], str | None] | None = None, checkpoint_path: str | Path | None = None,
             checkpoint_every_ns: int | None = None, checkpoint_every_s: float | None = None,
-            resume_from: str | Path | None = None, until_ns: int | None = None) -> RunResult:
+            resume_from: str | Path | None = None, until_ns: int | None = None,
+            on_interval: Callable[[RunResult], None] | None = None, interval_s: float = 30.0) -> RunResult:
         """Replay everything.  ``progress(events_done, last_ts_ns)`` is called after each chunk;
         ``should_stop()`` returning a reason ends the run early (results cover what was processed).
 
@@ -225,6 +226,9 @@ class Replay:
         :class:`sigkit.checkpoint.CheckpointError` otherwise), skipping every event with ``ts_ns <= T``; the
         result then covers the whole run, the fills before ``T`` included.  ``until_ns``: stop after the
         last event at or before that event time (the run is then marked stopped, not completed).
+        ``on_interval(result_so_far)`` is called every ``interval_s`` of wall time, between chunks, with the
+        results up to the last event processed (marked not completed): live mode rewrites its report and
+        redraws its table from it.
         """
         started = time.perf_counter()
         state = _State(self)
@@ -240,6 +244,7 @@ class Replay:
         every_ns = checkpoint_every_ns if checkpoint_path is not None and checkpoint_every_ns else None
         next_ns = None  # event time of the next periodic checkpoint (on the grid first_ts + k * every_ns)
         next_wall = time.monotonic() + checkpoint_every_s if checkpoint_path is not None and checkpoint_every_s else None
+        next_report = time.monotonic() + interval_s
         streams = [(label, self._source_chunks(label, hooks)) for label, hooks in self.sources]
         try:
             for chunk in merge_chunks(streams):
@@ -276,6 +281,10 @@ class Replay:
                     if next_wall is not None and time.monotonic() >= next_wall:
                         checkpoints.append(state.save(checkpoint_path))
                         next_wall = time.monotonic() + checkpoint_every_s
+                    if on_interval is not None and time.monotonic() >= next_report:
+                        on_interval(state.result(completed=False, stop_reason="running",
+                                                 elapsed_s=time.perf_counter() - started))
+                        next_report = time.monotonic() + interval_s
         except _Stopped as stop:
             stop_reason = str(stop)
         except KeyboardInterrupt:
@@ -730,14 +739,16 @@ def _check_prediction(pred: Any, who: str) -> None:
         raise ModelError(f"{who} gave confidence={pred.confidence!r}; it must be in [0, 1]")
 
 
-def replay_from_recipe(recipe) -> Replay:
-    """Build the instances a validated :class:`sigkit.recipe.Recipe` names and wire them into a replay."""
+def replay_from_recipe(recipe, *, sources: Sequence[tuple[str, Any]] | None = None) -> Replay:
+    """Build the instances a validated :class:`sigkit.recipe.Recipe` names and wire them into a replay.
+
+    ``sources`` replaces the recipe's data sources (live mode passes its one live source)."""
     from sigkit.checkpoint import recipe_identity
     from sigkit.recipe import instantiate
 
-    built = instantiate(recipe)
+    built = instantiate(recipe, sources=sources is None)
     labelling = Labelling(recipe.horizon_ns, recipe.threshold_bps, recipe.evaluation.markout_horizons_ns)
-    return Replay(sources=built.sources, models=built.models, ensembles=built.ensembles, target=recipe.target,
+    return Replay(sources=built.sources if sources is None else sources, models=built.models, ensembles=built.ensembles, target=recipe.target,
                   labelling=labelling, public_fills=recipe.fills_path is None,
                   snapshot_interval_ns=recipe.evaluation.snapshot_interval_ns,
                   provenance={m.id: f"{m.spec.name} from {m.spec.distribution} {m.spec.version}".rstrip()

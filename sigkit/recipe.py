@@ -412,8 +412,9 @@ class Instances:
     ensembles: list[tuple[str, Any, tuple[str, ...]]]  # (name, combiner object, member ids)
 
 
-def instantiate(recipe: Recipe) -> Instances:
-    """Build the source, model and combiner objects a recipe names."""
+def instantiate(recipe: Recipe, *, sources: bool = True) -> Instances:
+    """Build the source, model and combiner objects a recipe names (``sources=False``: no sources, for a
+    run fed another way, e.g. live)."""
     def build(spec, params, instance_id: str, what: str, members: tuple[str, ...] = (), where=None):
         try:
             return spec.factory(params, recipe.context(instance_id, members))
@@ -425,9 +426,10 @@ def instantiate(recipe: Recipe) -> Instances:
             raise PluginError(f"{what} (from {spec.distribution} {spec.version}) could not be built: "
                               f"{type(err).__name__}: {err}") from err
 
+    built_sources = sources
     sources = [(s.label, build(s.spec, s.params, s.label, f"source {s.label!r}", where=s.where))
-               for s in recipe.sources]
-    if recipe.fills_path is not None:
+               for s in recipe.sources] if built_sources else []
+    if recipe.fills_path is not None and built_sources:
         sources.append(("fills", _FillsSource(recipe.fills_path, recipe.target, recipe.on_bad_line)))
     models = [(m.id, build(m.spec, m.params, m.id, f"model {m.id!r}", where=m.where)) for m in recipe.models]
     named = [("ensemble", recipe.ensemble)] if recipe.ensemble is not None else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_hedge_moves_weight_to_the_better_member_and_fixed_share_lets_the_other_
 
 
 def test_stacking_learns_which_member_to_trust():
-    stack = make("stacking", learning_rate=0.05)
+    stack = make("stacking")
     before = stack.combine(Q, preds(0.8, 0.5)).p_adverse
     for _ in range(300):
         stack.record_outcome(outcome(True), preds(0.8, 0.5))
@@ -96,7 +97,7 @@ def test_unknown_regime_dimension_is_refused_at_validation():
 
 
 def test_regime_stacking_learns_different_weights_per_regime():
-    stack = make("stacking", learning_rate=0.05, regimes=("volatility",), regime_fast_ns=10**9, regime_slow_ns=60 * 10**9)
+    stack = make("stacking", regimes=("volatility",), regime_fast_ns=10**9, regime_slow_ns=60 * 10**9)
     t = 0
 
     def query_at(ts):
@@ -133,3 +134,39 @@ def test_regime_stacking_learns_different_weights_per_regime():
 def test_regime_hedge_keeps_one_weight_vector_per_state():
     hedge = make("hedge", regimes=("volatility", "spread"))
     assert len(hedge.by_state) == 4
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_stacking_on_real_binance_btc_is_no_worse_than_its_best_member(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from sigkit.cli import main
+
+    data = SHARED_DATA / "hftbacktest_binance_hyperliquid"
+    if not (data / "spot_btcusdt_20240808.gz").exists():
+        pytest.skip(f"the shared data folder {SHARED_DATA} is not here")
+    recipe = tmp_path / "btc.yaml"
+    recipe.write_text(f"""
+name: btc
+data:
+  - {{source: binance, path: {data / "spot_btcusdt_20240808.gz"}, venue: binance-spot}}
+  - {{source: binance, path: {data / "usdm_btcusdt_20240808.gz"}, venue: binance-usdm}}
+target: {{venue: binance-spot, symbol: BTCUSDT}}
+fills: public
+horizon: 1s
+models:
+  - {{id: enhanced_as, model: enhanced_as}}
+  - {{id: prefill, model: prefill_toxicity}}
+  - {{id: usdm_lead, model: cross_asset, params: {{leader_venue: binance-usdm, leader_symbol: BTCUSDT}}}}
+ensemble: {{combiner: stacking}}
+""")
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "out" / "report.json").read_text())["scores"]
+    log_loss = {name: s["log_loss"] for name, s in scores.items()}
+    best = min(v for name, v in log_loss.items() if name != "ensemble")
+    assert log_loss["ensemble"] <= best + 0.01, log_loss

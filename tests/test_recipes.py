@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_DATA
 from sigkit.engine import replay_from_recipe
 from sigkit.plugins import build_registry
 from sigkit.recipe import load_recipe
@@ -17,6 +18,8 @@ REGISTRY = build_registry()
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_every_shipped_recipe_validates(path):
+    if "shared/data/" in path.read_text() and not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent: {path.name} replays the real recordings kept there")
     recipe = load_recipe(path, REGISTRY)
     assert recipe.models
 

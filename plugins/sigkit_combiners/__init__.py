@@ -75,9 +75,16 @@ class Logit(sigkit.LearnedState):
 
 @attrs.frozen
 class StackingParams:
-    learning_rate: float = sigkit.param(0.005, doc="SGD step on the member log-odds weights")
-    intercept_learning_rate: float = sigkit.param(0.002, doc="SGD step of the intercept (absorbs base-rate drift)")
-    l2: float = sigkit.param(0.0, doc="L2 penalty on the weights")
+    prior_precision: float = sigkit.param(
+        10.0, doc="precision of the Gaussian prior that holds the weights at their start (and the intercept at 0) "
+                  "until the outcomes say otherwise; larger trusts the start longer", unit="1/logit²")
+    l2: float = sigkit.param(0.0, doc="an L2 penalty pulling the weights toward zero, on top of the prior",
+                             unit="1/logit²")
+    halflife: float = sigkit.param(0.0, doc="the evidence learned from outcomes halves over this many outcomes, so "
+                                             "the weights keep adapting; 0: never forget", unit="outcomes")
+    mix_members: bool = sigkit.param(
+        True, doc="average the stacker and each member alone by their causal likelihood (Bayesian model averaging), "
+                  "so the ensemble's log loss is never much worse than its best member's")
     evidence: float = sigkit.param(200.0, doc="outcomes after which the stacker's own confidence reaches 0.5",
                                    unit="outcomes")
     regimes: tuple[str, ...] = sigkit.param(
@@ -89,6 +96,74 @@ class StackingParams:
         "excess", choices=("excess", "logodds"),
         doc="excess: regress on each member's log-odds in excess of the causal base rate, starting from their "
             "sum (independent evidence adds up); logodds: regress on the raw log-odds, starting from their mean")
+
+
+def _solve_spd(matrix: list[list[float]], rhs: list[float]) -> list[float]:
+    """``matrix⁻¹ rhs`` for a small symmetric positive-definite matrix (Cholesky; k+1 is at most a dozen)."""
+    n = len(rhs)
+    low = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1):
+            acc = matrix[i][j] - sum(low[i][m] * low[j][m] for m in range(j))
+            low[i][j] = math.sqrt(max(acc, 1e-300)) if i == j else acc / low[j][j]
+    y = [0.0] * n
+    for i in range(n):
+        y[i] = (rhs[i] - sum(low[i][m] * y[m] for m in range(i))) / low[i][i]
+    x = [0.0] * n
+    for i in reversed(range(n)):
+        x[i] = (y[i] - sum(low[m][i] * x[m] for m in range(i + 1, n))) / low[i][i]
+    return x
+
+
+class NewtonLogistic(sigkit.LearnedState):
+    """Logistic regression with a Gaussian prior, fitted by one online Newton step per outcome.
+
+    It follows the minimiser of ``½ (θ - θ₀)ᵀ λI (θ - θ₀) + Σ_i γ^(t-i) logloss_i(θ)`` over ``θ = (b, w)``
+    (the intercept and the weights; θ₀ = (0, start)): each outcome adds ``p(1-p) z zᵀ`` to the curvature
+    ``D`` (``z = (1, x)``) and the step is ``(λI + D)⁻¹`` times the gradient.  Unlike a fixed SGD step, the
+    step is measured in the inputs' own scale and correlation, and it shrinks as evidence accumulates;
+    the prior keeps a few lucky outcomes from throwing the weights far from the start.  ``γ`` (from
+    ``halflife_outcomes``) forgets old evidence, but never the prior.
+    """
+
+    def __init__(self, start: Sequence[float], *, prior_precision: float, l2: float = 0.0,
+                 halflife_outcomes: float = 0.0):
+        # An L2 penalty toward zero is a second Gaussian prior; with the first it makes one, centred between.
+        self.prior = [0.0, *(prior_precision * w / (prior_precision + l2) for w in start)]
+        self.prior_precision = [prior_precision] + [prior_precision + l2] * len(start)
+        self.keep = 0.5 ** (1.0 / halflife_outcomes) if halflife_outcomes > 0 else 1.0
+        self.theta = list(self.prior)
+        self.curvature = [[0.0] * len(self.theta) for _ in self.theta]
+        self.n_updates = 0
+
+    @property
+    def intercept(self) -> float:
+        return self.theta[0]
+
+    @property
+    def weights(self) -> list[float]:
+        return self.theta[1:]
+
+    def decision(self, x: Sequence[float], offset: float = 0.0) -> float:
+        return offset + self.theta[0] + sum(w * v for w, v in zip(self.theta[1:], x))
+
+    def predict(self, x: Sequence[float], offset: float = 0.0) -> float:
+        return sigkit.sigmoid(self.decision(x, offset))
+
+    def update(self, x: Sequence[float], y: float, offset: float = 0.0) -> None:
+        z = [1.0, *x]
+        p = self.predict(x, offset)
+        keep, lam, n = self.keep, self.prior_precision, len(z)
+        curv = p * (1.0 - p)
+        self.curvature = [[keep * self.curvature[i][j] + curv * z[i] * z[j] for j in range(n)] for i in range(n)]
+        # Gradient at θ of the new objective, given θ minimised the previous one: the new outcome's, plus
+        # the share of the prior that forgetting uncovered.
+        grad = [(1.0 - keep) * lam_i * (t - t0) + (p - y) * v
+                for lam_i, t, t0, v in zip(lam, self.theta, self.prior, z)]
+        hessian = [[self.curvature[i][j] + (lam[i] if i == j else 0.0) for j in range(n)] for i in range(n)]
+        step = _solve_spd(hessian, grad)
+        self.theta = [t - s for t, s in zip(self.theta, step)]
+        self.n_updates += 1
 
 
 class _RegimeAware(sigkit.LearnedState):
@@ -121,28 +196,43 @@ class _RegimeAware(sigkit.LearnedState):
 
 
 class Stacking(_RegimeAware):
-    """Online logistic regression on the members' log-odds, learning only from delivered outcomes; with
-    ``regimes``, one regression per regime state.
+    """Online logistic regression on the members' log-odds, learning only from delivered outcomes, then
+    (``mix_members``) a Bayesian average of that regression and each member alone; with ``regimes``, one
+    regression and one average per regime state.
 
     With ``pool: excess`` (the default) the inputs are each member's log-odds minus the logit of the causal
     base rate r, the regression sits on top of logit(r), and every weight starts at 1: the ensemble starts
     by adding up the members' evidence (right when they see independent things, as in the ``mixed``
     world) and learns from outcomes how far to trust each.  With ``pool: logodds`` it regresses on the raw
-    log-odds, starting from the equal-weight log-odds pool.
+    log-odds, starting from the equal-weight log-odds pool.  The regression is fitted by online Newton
+    steps under a Gaussian prior centred on the start (:class:`NewtonLogistic`).
+
+    Why the average: real fills come in bursts (one sweep is hundreds of public trades in a few
+    milliseconds, all labelled by the same mid move), so a few hundred outcomes that are really one can
+    pull any regression far off, and when members are miscalibrated or anti-informative the start is far
+    from the truth.  The average weighs each candidate by its likelihood on the outcomes delivered so far
+    (Vovk's aggregating algorithm with log loss, η = 1), so the ensemble's cumulative log loss exceeds that
+    of the best candidate, in each regime state, by at most ln(k + 1) whatever the sequence of outcomes.
     """
 
+    STATE_VERSION = 2  # 1: SGD weights (OnlineLogistic), no member average
+
     def __init__(self, params: StackingParams, context: sigkit.RunContext):
+        if params.prior_precision <= 0:
+            raise sigkit.ModelError(f"stacking: prior_precision must be > 0, got {params.prior_precision}")
         k = len(context.members)
         self.params = params
         self.excess = params.pool == "excess"
         start = [1.0] * k if self.excess else [1.0 / k] * k
-        self.models = [
-            sigkit.OnlineLogistic(k, learning_rate=params.learning_rate, l2=params.l2,
-                                  intercept_learning_rate=params.intercept_learning_rate, weights=start)
-            for _ in range(self._init_regimes(params, context))]
+        n_states = self._init_regimes(params, context)
+        self.models = [NewtonLogistic(start, prior_precision=params.prior_precision, l2=params.l2,
+                                      halflife_outcomes=params.halflife) for _ in range(n_states)]
         self.model = self.models[0]
+        # Per regime state: log posterior weights of [stacker, member 1, ..., member k] (uniform prior), up
+        # to a constant; logs, because one burst can move them by hundreds of nats.
+        self.log_mixtures = [[0.0] * (k + 1) for _ in range(n_states)]
         self.base_rate = sigkit.RunningBaseRate()
-        self.pending_inputs = sigkit.PendingFills()  # fill -> (inputs, offset)
+        self.pending_inputs = sigkit.PendingFills()  # fill -> (inputs, offset, stacker's p)
         self.equal = [1.0 / k] * k
 
     def _inputs(self, predictions) -> tuple[list[float], float]:
@@ -153,23 +243,46 @@ class Stacking(_RegimeAware):
         return [v - offset for v in x], offset
 
     def combine(self, query, predictions):
-        model = self.models[self._state_for(query)]
+        state = self._state_for(query)
+        model = self.models[state]
         x, offset = self._inputs(predictions)
-        self.pending_inputs.put(query, (x, offset))
+        stacked = model.predict(x, offset)
+        self.pending_inputs.put(query, (x, offset, stacked))
+        p = stacked
+        if self.params.mix_members:
+            mixture = self._mixture(state)
+            p = mixture[0] * stacked + sum(v * m.p_adverse for v, m in zip(mixture[1:], predictions))
         own = sigkit.evidence_confidence(model.n_updates, self.params.evidence)
-        return sigkit.Prediction(model.predict(x, offset), own * _mean_confidence(predictions, self.equal),
+        return sigkit.Prediction(p, own * _mean_confidence(predictions, self.equal),
                                  _pooled_cost(predictions, self.equal))
 
     def record_outcome(self, outcome, predictions):
-        # The inputs as they were when the prediction was made (the base rate has moved since).
-        x, offset = self.pending_inputs.pop(outcome.fill) or self._inputs(predictions)
-        self.models[self._state_of(outcome)].update(x, 1.0 if outcome.was_adverse else 0.0, offset)
+        # The inputs as they were when the prediction was made (the base rate and weights have moved since).
+        state = self._state_of(outcome)
+        pending = self.pending_inputs.pop(outcome.fill)
+        if pending is None:
+            x, offset = self._inputs(predictions)
+            pending = (x, offset, self.models[state].predict(x, offset))
+        x, offset, stacked = pending
+        y = 1.0 if outcome.was_adverse else 0.0
+        if self.params.mix_members:
+            candidates = [stacked, *(m.p_adverse for m in predictions)]
+            logs = [w + math.log(max(p if y else 1.0 - p, 1e-12)) for w, p in zip(self.log_mixtures[state], candidates)]
+            top = max(logs)
+            self.log_mixtures[state] = [w - top for w in logs]
+        self.models[state].update(x, y, offset)
         self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)
+
+    def _mixture(self, state: int) -> list[float]:
+        raw = [math.exp(w) for w in self.log_mixtures[state]]  # the largest is exp(0) = 1
+        total = sum(raw)
+        return [r / total for r in raw]
 
     def describe(self):
         return {"regimes": list(self.params.regimes), "pool": self.params.pool,
-                "by_state": [{"weights": list(m.weights), "intercept": m.intercept, "outcomes": m.n_updates}
-                             for m in self.models]}
+                "by_state": [{"weights": list(m.weights), "intercept": m.intercept, "outcomes": m.n_updates,
+                              "mixture": {"stacker": mix[0], "members": mix[1:]}}
+                             for m, mix in zip(self.models, map(self._mixture, range(len(self.models))))]}
 
 
 @attrs.frozen

@@ -20,7 +20,9 @@ Notation (METHODS.md §4).  The leader ``X`` is observed at ``t_0 < ... < t_n``,
   ``(t_{i-1} + θ, t_i + θ]`` are the run ``lo ≤ j ≤ hi`` with ``lo`` the first ``j`` with
   ``s_j > t_{i-1} + θ`` and ``hi`` the last with ``s_{j-1} < t_i + θ``, so their ΔY sum telescopes to
   ``Y(s_hi) - Y(s_{lo-1})``: two ``searchsorted`` calls per shift.
-* Correlation ``ρ(θ) = U(θ) / sqrt(Σ ΔX² · Σ ΔY²)``; lag ``ϑ = argmax_θ |U(θ)|`` (HRY 2013, Bernoulli
+* Correlation ``ρ(θ) = U(θ) / sqrt(Σ ΔX² · Σ ΔY²)``, or, where that exceeds 1 in absolute value (tick-level
+  variances too small for the spans the sum pairs up, e.g. a follower that moves in several small steps),
+  ``U(θ)`` over its Cauchy-Schwarz bound (:func:`cauchy_schwarz_bound`), so ``|ρ| <= 1``; lag ``ϑ = argmax_θ |U(θ)|`` (HRY 2013, Bernoulli
   19(2):426-461); lead/lag ratio ``LLR = Σ_{ℓ>0} ρ²(ℓ) / Σ_{ℓ>0} ρ²(-ℓ)`` over the grid points whose mirror
   is also on the grid (Huth & Abergel 2014): above 1, X leads.
 * Significance: were the increments of X and Y independent with mean zero, ``U(θ)`` would have
@@ -69,6 +71,31 @@ def shift_grid(lead_max_ns: int, lag_max_ns: int, step_ns: int) -> np.ndarray:
     return np.arange(-(lead_max_ns // step_ns), lag_max_ns // step_ns + 1, dtype=np.int64) * step_ns
 
 
+def _covered_moves(x_ts, y_ts, y, shifts) -> np.ndarray:
+    """``W[k, i]``: the follower's move over the run of its intervals that meet ``I_i + θ_k`` (0 if none)."""
+    m = len(y) - 1
+    lo = np.searchsorted(y_ts, x_ts[:-1][None, :] + shifts[:, None], side="right")
+    np.maximum(lo, 1, out=lo)
+    hi = np.searchsorted(y_ts, x_ts[1:][None, :] + shifts[:, None], side="left")
+    np.minimum(hi, m, out=hi)
+    return np.where(hi >= lo, y[hi] - y[lo - 1], 0.0)
+
+
+def cauchy_schwarz_bound(x_ts, x, y_ts, y, shifts_ns) -> np.ndarray:
+    """The smaller of ``sqrt(Σ ΔX_i² · Σ W_i(θ)²)`` and ``sqrt(Σ ΔY_j² · Σ V_j(θ)²)`` at each shift: ``|U(θ)|``
+    never exceeds either, since ``U(θ) = Σ_i ΔX_i W_i(θ) = Σ_j ΔY_j V_j(θ)`` with ``W_i`` the follower's move
+    over the intervals meeting ``I_i + θ`` and ``V_j`` the leader's over those meeting ``J_j - θ``."""
+    x_ts, y_ts = np.asarray(x_ts, dtype=np.int64), np.asarray(y_ts, dtype=np.int64)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    shifts = np.asarray(shifts_ns, dtype=np.int64)
+    if len(x) < 2 or len(y) < 2:
+        return np.zeros(len(shifts))
+    dx, dy = np.diff(x), np.diff(y)
+    w = _covered_moves(x_ts, y_ts, y, shifts)
+    v = _covered_moves(y_ts, x_ts, x, -shifts)
+    return np.sqrt(np.minimum((dx @ dx) * (w * w).sum(axis=1), (dy @ dy) * (v * v).sum(axis=1)))
+
+
 def hy_shifted_covariance(x_ts, x, y_ts, y, shifts_ns) -> np.ndarray:
     """``U(θ)`` for every ``θ`` in ``shifts_ns`` (levels ``x`` observed at ``x_ts``, ``y`` at ``y_ts``).
 
@@ -80,13 +107,7 @@ def hy_shifted_covariance(x_ts, x, y_ts, y, shifts_ns) -> np.ndarray:
     shifts = np.asarray(shifts_ns, dtype=np.int64)
     if len(x) < 2 or len(y) < 2:
         return np.zeros(len(shifts))
-    m = len(y) - 1
-    lo = np.searchsorted(y_ts, x_ts[:-1][None, :] + shifts[:, None], side="right")
-    np.maximum(lo, 1, out=lo)
-    hi = np.searchsorted(y_ts, x_ts[1:][None, :] + shifts[:, None], side="left")
-    np.minimum(hi, m, out=hi)
-    covered = np.where(hi >= lo, y[hi] - y[lo - 1], 0.0)
-    return covered @ np.diff(x)
+    return _covered_moves(x_ts, y_ts, y, shifts) @ np.diff(x)
 
 
 def _grid_pairs(x_ts: np.ndarray, y_ts: np.ndarray, first_shift_ns: int, step_ns: int, n_shifts: int):
@@ -169,7 +190,19 @@ def estimate_lead_lag(x_ts, x, y_ts, y, shifts_ns, *, ts_ns: int | None = None) 
         return None
     step = int(steps[0]) if len(shifts) > 1 else 1
     u, v = hy_covariance_on_grid(x_ts, x, y_ts, y, int(shifts[0]), step, len(shifts), with_null_variance=True)
-    rho = u / norm
+    # Normalised by the tick-level realised variances, U is a consistent correlation for semimartingales
+    # (METHODS.md §4.1), but nothing bounds it: a follower that repeats one leader step in several small
+    # same-direction steps (spot BTCUSDT on its 0.01 tick after a futures move) has a tick-level variance
+    # far below its variance over the spans U pairs up, and U / norm exceeds 1 (1.19 at 120 ms for
+    # Binance USD-M -> spot).  Where |U| > norm the sum is normalised by its own Cauchy-Schwarz bound
+    # instead, which makes ρ the correlation of the leader's steps with the follower's moves they meet.
+    denominator = np.full(len(u), norm)
+    over = np.abs(u) > norm
+    if over.any():
+        xs = (np.asarray(x_ts, dtype=np.int64), np.asarray(x, dtype=float))
+        ys = (np.asarray(y_ts, dtype=np.int64), np.asarray(y, dtype=float))
+        denominator[over] = np.maximum(cauchy_schwarz_bound(*xs, *ys, shifts[over]), np.abs(u[over]))  # rounding
+    rho = u / denominator
     best = int(np.argmax(np.abs(u)))
     zero = int(np.argmin(np.abs(shifts)))
     z = float(u[best] / np.sqrt(v[best])) if v[best] > 0 else 0.0
