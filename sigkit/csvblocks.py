@@ -135,24 +135,24 @@ class CsvLayout:
         ``problems`` as ``(line, reason, detail)`` and left out."""
         view = memoryview(block.data)
         parts: list[tuple[pa.Table, np.ndarray]] = []
-
-        def parse_range(i: int, j: int) -> None:
+        # Bisect refused ranges down to single lines; a stack (not a recursive closure, which would make a
+        # reference cycle keeping every block's bytes alive until the cyclic collector runs).
+        ranges = [(0, block.lines.size)]
+        while ranges:
+            i, j = ranges.pop()
             error = None
             try:
                 table = self._read(view[block.starts[i]: block.ends[j - 1]])
                 if table.num_rows == j - i:
                     parts.append((table, block.lines[i:j]))
-                    return
+                    continue
             except pa.ArrowInvalid as err:
                 error = err
             if j - i == 1:
                 problems.append((int(block.lines[i]), *self._why(error)))
-                return
+                continue
             mid = (i + j) // 2
-            parse_range(i, mid)
-            parse_range(mid, j)
-
-        parse_range(0, block.lines.size)
+            ranges += [(mid, j), (i, mid)]  # the first half is parsed first: lines stay in order
         if not parts:
             return None, block.lines[:0]
         if len(parts) == 1:
