@@ -174,13 +174,18 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
     try:
         with stop.installed(), (_progress(replay.span_ns(), quiet) if live is None else _nothing()) as progress, \
                 (table or _nothing()):
-            result = replay.run(progress=progress, should_stop=stop.reason, checkpoint_path=checkpoint,
+            # Live: the source itself stops on the signal and still yields everything it received (and
+            # recorded), so the engine drains it and the recording replays to exactly these predictions.
+            result = replay.run(progress=progress, should_stop=stop.reason if live is None else None,
+                                checkpoint_path=checkpoint,
                                 checkpoint_every_ns=checkpoint_every_ns if checkpoint else None, resume_from=resume,
                                 on_interval=None if live is None else interim,
                                 interval_s=live["report_every_s"] if live else 30.0)
     finally:
         if live_source is not None:
             live_source.close()
+    if live is not None and stop.reason():
+        result.completed, result.stop_reason = False, stop.reason()
     if checkpoint is not None and result.checkpoints:
         last = result.checkpoints[-1]
         click.echo(f"checkpoint {checkpoint} at ts_ns={last['ts_ns']} ({last['bytes']:,} bytes)", err=True)

@@ -820,11 +820,13 @@ def live_source_for(recipe, *, record_dir: str | Path | None = None, duration_s:
         kw = {"backoff": attrs.evolve(backoff, seed=k) if backoff is not None else Backoff(seed=k)}
         if p.kind == "binance":
             ws_url, rest_url = endpoints.binance(p.market)
+            ws_url, rest_url = p.params.ws_url or ws_url, p.params.rest_url or rest_url  # the recipe's own
             wanted = streams.get(p.market) if isinstance(streams, dict) else streams
             conn = BinanceConnection(p.file_name[:-3], ws_url, rest_url, p.market, p.symbols[0], wanted,
                                      open_interest_every_s=open_interest_every_s, **kw)
         else:
-            conn = HyperliquidConnection(p.file_name[:-3], endpoints.hyperliquid_ws, p.symbols, channels,
+            url = p.params.ws_url or endpoints.hyperliquid_ws
+            conn = HyperliquidConnection(p.file_name[:-3], url, p.symbols, channels,
                                          ping_every_s=ping_every_s, **kw)
         feeds.append(LiveFeed(conn, _reader_factory(recipe, p), p.file_name, p.label,
                               _entry_plain(p, base / p.file_name)))

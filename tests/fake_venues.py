@@ -280,6 +280,10 @@ class FakeVenues:
             for server in self._servers:
                 server.close()
                 await server.wait_closed()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:  # a feed stopped mid-stream (the client went away first)
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

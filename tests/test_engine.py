@@ -173,3 +173,25 @@ def test_misspelled_hooks_and_wrong_arguments_are_refused_when_the_run_is_built(
         _replay([[]], [("m", WrongArgument())])
     with pytest.raises(PluginError, match="does not implement predict"):
         _replay([[]], [("m", object())])
+
+
+def test_on_interval_hands_over_the_results_so_far(tmp_path):
+    """Live mode rewrites its report from these: each is a prefix of the final result, marked running."""
+    from conftest import SIM_RECIPE_HEAD
+    from sigkit.engine import replay_from_recipe
+    from sigkit.plugins import build_registry
+    from sigkit.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(SIM_RECIPE_HEAD.format(name="iv", seed=2, world="informed", duration="2m")
+                    + "models:\n  - id: flow\n    model: flow\n")
+    seen = []
+    result = replay_from_recipe(load_recipe(path, build_registry())).run(on_interval=seen.append, interval_s=0.0)
+    assert len(seen) >= 2
+    assert all(not r.completed and r.stop_reason == "running" for r in seen)
+    sizes = [len(r.fills["ts_ns"]) for r in seen]
+    assert sizes == sorted(sizes) and 0 < sizes[-1] <= len(result.fills["ts_ns"])
+    last = seen[-1]
+    n = sizes[-1]
+    assert (last.fills["ts_ns"] == result.fills["ts_ns"][:n]).all()
+    assert (last.predictions["flow"]["p"] == result.predictions["flow"]["p"][:n]).all()

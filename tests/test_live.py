@@ -364,3 +364,48 @@ def test_cli_live_needs_live_sources_and_refuses_live_only_flags_without_live(tm
     assert result.exit_code == 2 and "has no live mode" in result.output
     result = runner.invoke(main, ["run", str(tmp_path / "r.yaml"), "--duration", "1s", "--quiet"])
     assert result.exit_code == 2 and "add --live" in result.output
+
+
+@needs_data
+def test_sigterm_ends_a_live_run_cleanly_with_report_and_recording_flushed(tmp_path):
+    """A real `sigkit run --live` process stopped by SIGTERM mid-stream: exit 143, the report written and
+    marked incomplete, the recording a complete gzip that replays to the same predictions."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from sigkit.cli import main
+
+    fake = FakeBinance(DATA / "spot_btcusdt_20240808.gz", "spot", lines=6000, speed=2.0)  # ~20 s of stream
+    with FakeVenues(fake) as venues:
+        recipe = CLI_RECIPE.replace("    symbols: [BTCUSDT]\n", f"    symbols: [BTCUSDT]\n    ws_url: {venues.urls[0]}\n"
+                                                               f"    rest_url: {venues.rest_urls[0]}\n")
+        (tmp_path / "live.yaml").write_text(recipe)
+        sigkit_exe = Path(sys.executable).with_name("sigkit")
+        proc = subprocess.Popen([str(sigkit_exe), "run", str(tmp_path / "live.yaml"), "--live", "--record",
+                                 str(tmp_path / "rec"), "--out", str(tmp_path / "a"), "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        recording = tmp_path / "rec" / "binance-spot_BTCUSDT.gz"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not recording.exists() or recording.stat().st_size < 20_000):
+            time.sleep(0.1)  # data is flowing and being recorded
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        served_all = venues.wait_done(0)
+    assert proc.returncode == 143, err
+    assert "run stopped: stopped by SIGTERM" in err and "Traceback" not in err
+    assert not served_all  # it really was stopped mid-stream
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["completed"] is False and report["stop_reason"] == "stopped by SIGTERM"
+    lines = gzip.decompress(recording.read_bytes()).splitlines()  # complete: no truncated gzip member
+    assert len(lines) > 100
+    (tmp_path / "replay.yaml").write_text(CLI_RECIPE.replace("    symbols: [BTCUSDT]\n",
+                                                             f"    symbols: [BTCUSDT]\n    path: {recording}\n"))
+    replayed = CliRunner().invoke(main, ["run", str(tmp_path / "replay.yaml"), "--out", str(tmp_path / "b"),
+                                         "--quiet"])
+    assert replayed.exit_code == 0, replayed.output
+    live_csv = (tmp_path / "a" / "predictions.csv").read_bytes()
+    assert live_csv.count(b"\n") > 50 and live_csv == (tmp_path / "b" / "predictions.csv").read_bytes()

@@ -159,6 +159,10 @@ class BinanceParams:
                               choices=("local", "exchange"))
     reorder_ns: int = sigkit.duration("1s", doc="exchange clock only: how far messages may arrive out of "
                                                 "exchange-time order")
+    ws_url: str | None = sigkit.param(None, doc="--live only: the websocket base url (e.g. wss://testnet.binance.vision "
+                                                "for the spot testnet); unset: the venue's public endpoint")
+    rest_url: str | None = sigkit.param(None, doc="--live only: the REST base url for depth snapshots and open "
+                                                  "interest; unset: the venue's public endpoint")
 
 
 def _split_ns_prefix(line: bytes) -> tuple[int, bytes]:

@@ -141,6 +141,8 @@ class HyperliquidParams:
                                                     "them (they happened before the recorder listened) or "
                                                     "keep them, stamped with their receive time",
                                         choices=("drop", "keep"))
+    ws_url: str | None = sigkit.param(None, doc="--live only: the websocket url (e.g. wss://api.hyperliquid-testnet.xyz/ws); "
+                                                "unset: wss://api.hyperliquid.xyz/ws")
 
 
 def split_prefix(line: bytes) -> tuple[int, bytes]:
