@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -24,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pacompute
 import pyarrow.csv as pacsv
 
-from sigkit.events import BOOK, STAT, TRADE, empty_chunk
-from sigkit.feeds import CLOCKS, BadLines, open_binary
+from sigkit.events import BOOK, empty_chunk
+from sigkit.feeds import CLOCKS, BadLines, Emitted, open_binary
 
 #: Bytes of whole lines handed to pyarrow at a time (bounds memory; large enough to amortise the calls).
 BLOCK_BYTES = 4 << 20
@@ -254,7 +253,7 @@ def market_columns(rows: np.ndarray, field: str, values: list[str], codes: np.nd
         rows[field] = np.array(values)[codes]
 
 
-class BlockChunks:
+class BlockChunks(Emitted):
     """Orders parsed rows into event chunks, one block at a time, with :class:`ChunkBuilder`'s rules.
 
     On the ``local`` clock a row earlier than one before it is ``time went backwards``; on the
@@ -269,12 +268,10 @@ class BlockChunks:
     def __init__(self, bad: BadLines, *, clock: str = "local", reorder_ns: int = 1_000_000_000):
         if clock not in CLOCKS:
             raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+        super().__init__()
         self.bad = bad
         self.exchange = clock == "exchange"
         self.reorder_ns = reorder_ns
-        self.counts: Counter[str] = Counter()
-        self.first_ns: int | None = None
-        self.last_ns: int | None = None
         self._last = _NEVER  # latest ts accepted (local) or released (exchange)
         self._max_seen = _NEVER
         self._held = blank_rows(0)
@@ -340,15 +337,5 @@ class BlockChunks:
             return
         if self.exchange:
             self._last = int(chunk["ts_ns"][-1])
-        kinds = np.bincount(chunk["kind"], minlength=5)
-        for code, name in ((TRADE, "trade"), (BOOK, "book"), (STAT, "stat")):
-            self.counts[name] += int(kinds[code])
-        if self.first_ns is None:
-            self.first_ns = int(chunk["ts_ns"][0])
-        self.last_ns = int(chunk["ts_ns"][-1])
-        yield chunk
+        yield self.note(chunk)
 
-    def describe(self) -> dict:
-        """Row counts by kind and the time span of what was emitted (as :meth:`ChunkBuilder.describe`)."""
-        return {"events": {k: self.counts[k] for k in ("trade", "book", "stat")},
-                "first_ts_ns": self.first_ns, "last_ts_ns": self.last_ns}

@@ -157,7 +157,31 @@ def number(text) -> float:
     return value
 
 
-class ChunkBuilder:
+class Emitted:
+    """What a reader has released so far: row counts by kind and the time span (its ``describe()`` part)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+
+    def note(self, chunk: np.ndarray) -> np.ndarray:
+        """Count a chunk about to be yielded (non-empty, sorted by ``ts_ns``); returns it."""
+        kinds = np.bincount(chunk["kind"], minlength=5)
+        for code, name in ((TRADE, "trade"), (BOOK, "book"), (STAT, "stat")):
+            self.counts[name] += int(kinds[code])
+        if self.first_ns is None:
+            self.first_ns = int(chunk["ts_ns"][0])
+        self.last_ns = int(chunk["ts_ns"][-1])
+        return chunk
+
+    def describe(self) -> dict:
+        """Row counts by kind and the time span of what was released."""
+        return {"events": {k: self.counts[k] for k in ("trade", "book", "stat")},
+                "first_ts_ns": self.first_ns, "last_ts_ns": self.last_ns}
+
+
+class ChunkBuilder(Emitted):
     """Collects one source's rows and yields them as :data:`EVENT_DTYPE` chunks in ``ts_ns`` order.
 
     ``clock`` picks which of the two times orders events: ``local`` (the receive time, the default: the
@@ -173,13 +197,11 @@ class ChunkBuilder:
                  chunk_rows: int = 65536):
         if clock not in CLOCKS:
             raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+        super().__init__()
         self.bad = bad
         self.exchange = clock == "exchange"
         self.reorder_ns = reorder_ns if self.exchange else 0
         self.chunk_rows = chunk_rows
-        self.counts: Counter[str] = Counter()
-        self.first_ns: int | None = None
-        self.last_ns: int | None = None
         self._markets: dict[tuple[str, str], int] = {}
         self._last = -(1 << 62)  # latest ts accepted (local) or released (exchange)
         self._max_seen = -(1 << 62)
@@ -288,13 +310,7 @@ class ChunkBuilder:
             if len(chunk):
                 self._last = int(chunk["ts_ns"][-1])
         if len(chunk):
-            kinds = np.bincount(chunk["kind"], minlength=5)
-            for code, name in ((TRADE, "trade"), (BOOK, "book"), (STAT, "stat")):
-                self.counts[name] += int(kinds[code])
-            if self.first_ns is None:
-                self.first_ns = int(chunk["ts_ns"][0])
-            self.last_ns = int(chunk["ts_ns"][-1])
-            yield chunk
+            yield self.note(chunk)
 
     def _build(self) -> np.ndarray:
         n = len(self._ts)
@@ -321,11 +337,6 @@ class ChunkBuilder:
         if held is not None and len(held):
             return np.concatenate([held, chunk])
         return chunk
-
-    def describe(self) -> dict:
-        """Row counts by kind and the time span of what was emitted."""
-        return {"events": {k: self.counts[k] for k in ("trade", "book", "stat")},
-                "first_ts_ns": self.first_ns, "last_ts_ns": self.last_ns}
 
 
 class L2Book:

@@ -33,7 +33,6 @@ The checks of :func:`check_model` (each passes, fails or is skipped, with a reas
 from __future__ import annotations
 
 import copy
-import math
 import tempfile
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence

@@ -104,3 +104,24 @@ def install_plugins(python: Path, env: dict, *projects: Path) -> None:
         proc = subprocess.run([str(python), "-c", "import setuptools; setuptools.setup()", "develop", "--no-deps"],
                               cwd=project, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def corrupt_csv_line(line: str, how: tuple) -> bytes:
+    """A CSV line corrupted as the fuzz tests' ``how`` says: ``("bytes", b)`` replaces it, ``("truncate", n)``
+    cuts it, ``("delete field", i)`` / ``("extra field", i)`` remove or add a field, ``("replace field",
+    (i, text))`` puts ``text`` in field ``i``."""
+    kind, arg = how
+    fields = line.split(",")
+    if kind == "bytes":
+        return arg
+    if kind == "truncate":
+        return line[:arg].encode()
+    if kind == "delete field":
+        del fields[arg % len(fields)]
+    elif kind == "extra field":
+        fields.insert(arg % len(fields), "7")
+    elif kind == "replace field":
+        fields[arg[0] % len(fields)] = arg[1]
+    else:
+        raise ValueError(f"unknown corruption {kind!r}")
+    return ",".join(fields).encode()

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sigkit import feeds
 from sigkit.engine import Labelling, Replay
 from sigkit.live import (
     CLOCK, Backoff, BinanceConnection, Endpoints, LiveFeed, LiveSource, live_source_for, plan_feeds,

@@ -200,7 +200,7 @@ def test_a_deleted_diff_is_a_gap_and_the_book_resyncs_only_at_a_later_snapshot(t
     _need_data()
     lines, sushi = _cryptofeed_lines()
     truth, _ = read(CF_WS, snapshots=str(CF_HTTP), book="depth")
-    deleted, after, resync_at = sushi[50], sushi[51], sushi[120]
+    deleted, after = sushi[50], sushi[51]
     cut = tmp_path / "ws.txt"
     cut.write_bytes(b"".join(lines[: deleted[0]] + lines[deleted[0] + 1:]))
 

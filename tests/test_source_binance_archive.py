@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import sigkit
 from sigkit.events import BOOK, TRADE
 from sigkit_binance.archive import Archive, ArchiveParams
+from conftest import corrupt_csv_line
 from sigkit import csvblocks
 
 SPOT_TRADES = ["3735683259,61837.63000000,0.02000000,1236.75260000,1723161255342,True,True",
@@ -169,19 +170,7 @@ corruption = st.one_of(
 
 
 def corrupt(line: str, how) -> bytes:
-    kind, arg = how
-    fields = line.split(",")
-    if kind == "bytes":
-        return arg
-    if kind == "truncate":
-        return line[:arg].encode()
-    if kind == "delete field":
-        del fields[arg % len(fields)]
-    elif kind == "extra field":
-        fields.insert(arg % len(fields), "7")
-    else:
-        fields[arg[0] % len(fields)] = arg[1]
-    return ",".join(fields).encode()
+    return corrupt_csv_line(line, how)
 
 
 FUZZ = {"BTCUSDT-trades-2024-08-08.csv": SPOT_TRADES, "BTCUSDT-aggTrades-2025-01-01.csv": SPOT_AGG_US,

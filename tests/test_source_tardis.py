@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import sigkit
 from sigkit.events import BOOK, STAT, TRADE
+from conftest import corrupt_csv_line
 from sigkit import csvblocks
 from sigkit_tardis.reader import HEADERS, Tardis, TardisParams
 
@@ -297,21 +298,9 @@ corruption = st.one_of(
 
 
 def corrupt(line: str, how) -> bytes:
-    kind, arg = how
-    fields = line.split(",")
-    if kind == "bytes":
-        return arg
-    if kind == "truncate":
-        return line[:arg].encode()
-    if kind == "delete field":
-        del fields[arg % len(fields)]
-    elif kind == "extra field":
-        fields.insert(arg % len(fields), "7")
-    elif kind == "replace field":
-        fields[arg[0] % len(fields)] = arg[1]
-    else:
-        fields[3] = "1"  # local time before the first row's
-    return ",".join(fields).encode()
+    if how[0] == "time backwards":
+        return corrupt_csv_line(line, ("replace field", (3, "1")))  # local time before the first row's
+    return corrupt_csv_line(line, how)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
