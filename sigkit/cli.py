@@ -45,6 +45,10 @@ def main(ctx: click.Context, no_plugins: bool) -> None:
     \b
     Start here:
       sigkit run recipes/quickstart.yaml          run an ensemble on simulated data
+      sigkit run recipes/binance_btc.yaml         the same on real Binance recordings (docs/data.md)
+      sigkit run RECIPE --live --duration 45m     on the venues' live feeds (docs/live.md)
+      sigkit ab recipes/ab_quickstart.yaml        is the candidate ensemble really better?
+      sigkit sweep SWEEP.yaml                     many replays in parallel (docs/sweeps.md)
       sigkit validate recipes/quickstart.yaml     check a recipe without running it
       sigkit simulate --world informed --out d.csv.gz   write a simulated market
       sigkit plugins                              what models, sources and combiners are installed
@@ -93,9 +97,13 @@ def _registry(warn: bool = True):
               help="--live: write everything received to DIR in the replayable raw formats.")
 @click.option("--report-every", default="30s", show_default=True,
               help="--live: rewrite OUT/report.json and redraw the table this often (wall time).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep parsed data files in DIR and reuse them while unchanged  "
+                   "[default: $SIGKIT_CACHE_DIR or ~/.cache/sigkit]")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the event cache (docs/cache.md).")
 def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line: str | None,
         checkpoint: Path | None, checkpoint_every: str, resume: Path | None, live: bool, duration: str | None,
-        record_dir: Path | None, report_every: str) -> None:
+        record_dir: Path | None, report_every: str, cache_dir: Path | None, no_cache: bool) -> None:
     """Replay RECIPE's data through its models and score every fill.
 
     Every model is asked about each fill before the fill's own trade is revealed, learns from every
@@ -128,7 +136,8 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line
         live_options = {"duration_s": _duration_option(duration, "--duration") / 1e9 if duration else None,
                         "record_dir": record_dir, "report_every_s": _duration_option(report_every, "--report-every") / 1e9}
     report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html, checkpoint=checkpoint,
-                                                    checkpoint_every_ns=every_ns, resume=resume, live=live_options)
+                                                    checkpoint_every_ns=every_ns, resume=resume, live=live_options,
+                                                    cache=_cache_dir(cache_dir, no_cache))
     if not quiet:
         header, rows = table_rows(report)
         click.echo(format_table(header, rows))
@@ -142,12 +151,13 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line
 
 def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, n_boot: int = 1000,
                       checkpoint: Path | None = None, checkpoint_every_ns: int | None = None,
-                      resume: Path | None = None, live: dict | None = None):
+                      resume: Path | None = None, live: dict | None = None, cache: Path | None = None):
     """Replay a validated recipe (stoppable by SIGTERM/Ctrl-C), then write its report and predictions.
 
     With ``checkpoint``, the models' state is saved every ``checkpoint_every_ns`` of event time and at exit;
     with ``resume``, the run starts from such a checkpoint.  ``live`` (``duration_s``, ``record_dir``,
-    ``report_every_s``) runs on the venues' live feeds instead of the recipe's files."""
+    ``report_every_s``) runs on the venues' live feeds instead of the recipe's files; ``cache`` is the folder
+    of the binary event cache for file sources (None: no cache)."""
     from sigkit.engine import replay_from_recipe
     from sigkit.report import build_report, write_outputs
 
@@ -161,7 +171,9 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
             raise SigkitError(f"{parsed.path}: live runs use the public fill model; remove `fills: {{path: ...}}`")
         live_source = live_source_for(parsed, record_dir=live["record_dir"], duration_s=live["duration_s"],
                                       should_stop=stop.reason)
-    replay = replay_from_recipe(parsed, sources=None if live_source is None else [("live", live_source)])
+    replay = replay_from_recipe(parsed, sources=None if live_source is None else [("live", live_source)],
+                                cache_dir=cache if live_source is None else None,
+                                cache_warn=lambda message: click.echo(f"warning: {message}", err=True))
 
     def interim(result) -> None:  # live: a crash loses at most the last interval
         report = build_report(result, parsed, sources=replay.describe_sources(), plugins=_plugins_used(parsed),
@@ -239,6 +251,38 @@ class _LiveTable:
             table.caption = (table.caption or "") + (f"{c['b']} vs {c['a']}: always-valid p "
                                                      f"{'-' if p is None else format(p, '.3g')}; ")
         self._live.update(table, refresh=True)
+
+
+def _cache_dir(cache_dir: Path | None, no_cache: bool) -> Path | None:
+    """The event cache folder a run uses: ``--cache DIR``, else the default; None with ``--no-cache``."""
+    from sigkit.cache import default_cache_dir
+
+    return None if no_cache else (cache_dir or default_cache_dir())
+
+
+@main.command("cache")
+@click.option("--dir", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The cache folder  [default: $SIGKIT_CACHE_DIR or ~/.cache/sigkit]")
+@click.option("--clear", is_flag=True, help="Remove every cache entry.")
+def cache_command(cache_dir: Path | None, clear: bool) -> None:
+    """List the event cache's entries (size, source, events, input files), or remove them with --clear.
+
+    `sigkit run` keeps every data file it parses (Binance, Hyperliquid, tardis.dev, native...) as
+    compressed event chunks here and reads them back, millions of events a second, while the file, the
+    reader's parameters and sigkit's version are unchanged (docs/cache.md).
+    """
+    from sigkit.cache import cache_clear, cache_info, default_cache_dir
+
+    cache_dir = cache_dir or default_cache_dir()
+    if clear:
+        removed, freed = cache_clear(cache_dir)
+        click.echo(f"removed {removed} files ({freed / 1e6:.1f} MB) from {cache_dir}")
+        return
+    info = cache_info(cache_dir)
+    for e in info["entries"]:
+        click.echo(f"{e['bytes'] / 1e6:8.1f} MB  {e.get('events') or '-':>10}  {e['file']}  "
+                   f"{', '.join(e.get('inputs') or []) or e.get('error', '')}")
+    click.echo(f"{len(info['entries'])} entries, {info['bytes'] / 1e6:.1f} MB in {info['dir']}")
 
 
 def _with_bad_line_policy(parsed, on_bad_line: str | None):
@@ -368,8 +412,12 @@ def _progress(span: tuple[int, int] | None, quiet: bool):
 @click.option("--on-bad-line", type=click.Choice(["stop", "skip"]), default=None,
               help="Bad data lines: stop with file:line (the default, or the recipe's on_bad_line) or skip them, "
                    "counted by reason in the report.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep parsed data files in DIR and reuse them while unchanged  "
+                   "[default: $SIGKIT_CACHE_DIR or ~/.cache/sigkit]")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the event cache (docs/cache.md).")
 def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int, data_path: Path | None,
-       html: bool, on_bad_line: str | None) -> None:
+       html: bool, on_bad_line: str | None, cache_dir: Path | None, no_cache: bool) -> None:
     """Compare ensembles on the same fills and say whether the difference is real.
 
     Give two recipes (A, the incumbent, then B, the candidate) that share their data, target, fills,
@@ -402,7 +450,8 @@ def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int
     else:
         raise SigkitError("sigkit ab takes two recipes (A then B) or one recipe with arms")
     parsed = _with_bad_line_policy(parsed, on_bad_line)
-    report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html, n_boot=n_boot)
+    report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html, n_boot=n_boot,
+                                                    cache=_cache_dir(cache_dir, no_cache))
     if not quiet:
         header, rows = table_rows(report)
         click.echo(format_table(header, rows))
@@ -591,3 +640,8 @@ def plugins(as_json: bool) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+from sigkit.sweep import sweep as _sweep  # noqa: E402 - sigkit.sweep imports only click and ruamel at the top
+
+main.add_command(_sweep)

@@ -739,14 +739,20 @@ def _check_prediction(pred: Any, who: str) -> None:
         raise ModelError(f"{who} gave confidence={pred.confidence!r}; it must be in [0, 1]")
 
 
-def replay_from_recipe(recipe, *, sources: Sequence[tuple[str, Any]] | None = None) -> Replay:
+def replay_from_recipe(recipe, *, sources: Sequence[tuple[str, Any]] | None = None, cache_dir=None,
+                       cache_warn: Callable[[str], None] | None = None) -> Replay:
     """Build the instances a validated :class:`sigkit.recipe.Recipe` names and wire them into a replay.
 
-    ``sources`` replaces the recipe's data sources (live mode passes its one live source)."""
+    ``sources`` replaces the recipe's data sources (live mode passes its one live source).  With
+    ``cache_dir``, file sources read from (and write) the binary event cache (:mod:`sigkit.cache`)."""
     from sigkit.checkpoint import recipe_identity
     from sigkit.recipe import instantiate
 
     built = instantiate(recipe, sources=sources is None)
+    if sources is None and cache_dir is not None:
+        from sigkit.cache import wrap_sources
+
+        sources = wrap_sources(recipe, built.sources, cache_dir, warn=cache_warn)
     labelling = Labelling(recipe.horizon_ns, recipe.threshold_bps, recipe.evaluation.markout_horizons_ns)
     return Replay(sources=built.sources if sources is None else sources, models=built.models, ensembles=built.ensembles, target=recipe.target,
                   labelling=labelling, public_fills=recipe.fills_path is None,

@@ -30,6 +30,12 @@ horizon: 1s
 """
 
 
+@pytest.fixture(autouse=True)
+def _cache_dir(monkeypatch, tmp_path_factory):
+    """CLI runs in tests keep their event cache in the test's temporary tree, never in the user's home."""
+    monkeypatch.setenv("SIGKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sigkit-cache"))
+
+
 def chunk_of(rows: list[dict]) -> np.ndarray:
     """A chunk from dicts like {"ts_ns": 5, "kind": TRADE, "side": 1, "price": 100.0, ...}."""
     chunk = empty_chunk(len(rows))
