@@ -159,7 +159,7 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
     ``report_every_s``) runs on the venues' live feeds instead of the recipe's files; ``cache`` is the folder
     of the binary event cache for file sources (None: no cache)."""
     from sigkit.engine import replay_from_recipe
-    from sigkit.report import build_report, write_outputs
+    from sigkit.report import build_report, plugins_used, write_outputs
 
     out_dir = out_dir or Path("sigkit-runs") / parsed.name
     stop = _StopFlag()
@@ -176,7 +176,7 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
                                 cache_warn=lambda message: click.echo(f"warning: {message}", err=True))
 
     def interim(result) -> None:  # live: a crash loses at most the last interval
-        report = build_report(result, parsed, sources=replay.describe_sources(), plugins=_plugins_used(parsed),
+        report = build_report(result, parsed, sources=replay.describe_sources(), plugins=plugins_used(parsed),
                               version=_version(), n_boot=200)
         write_outputs(out_dir, report, result)
         if table is not None:
@@ -201,7 +201,7 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
     if checkpoint is not None and result.checkpoints:
         last = result.checkpoints[-1]
         click.echo(f"checkpoint {checkpoint} at ts_ns={last['ts_ns']} ({last['bytes']:,} bytes)", err=True)
-    report = build_report(result, parsed, sources=replay.describe_sources(), plugins=_plugins_used(parsed),
+    report = build_report(result, parsed, sources=replay.describe_sources(), plugins=plugins_used(parsed),
                           version=_version(), n_boot=n_boot)
     paths = write_outputs(out_dir, report, result)
     if html:
@@ -319,20 +319,6 @@ def _finish(result, paths: tuple[Path, Path], stop: "_StopFlag", quiet: bool, re
         click.echo(f"run stopped: {result.stop_reason}; wrote what was processed, report marked incomplete", err=True)
         # The shell convention for a process ended by a signal: 128 + its number (143 SIGTERM, 130 Ctrl-C).
         sys.exit(128 + (stop.signum or signal.SIGINT))
-
-
-def _plugins_used(recipe) -> list[dict]:
-    used = [("source", s.spec) for s in recipe.sources] + [("model", m.spec) for m in recipe.models]
-    if recipe.ensemble is not None:
-        used.append(("combiner", recipe.ensemble.spec))
-    seen, out = set(), []
-    for kind, spec in used:
-        if (kind, spec.name) in seen:
-            continue
-        seen.add((kind, spec.name))
-        out.append({"kind": kind, "name": spec.name, "plugin": spec.plugin, "distribution": spec.distribution,
-                    "version": spec.version})
-    return out
 
 
 class _StopFlag:

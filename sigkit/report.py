@@ -277,3 +277,19 @@ def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def plugins_used(recipe) -> list[dict]:
+    """The source, model and combiner plugins a recipe uses, with their distributions and versions (for the
+    report's provenance)."""
+    used = [("source", s.spec) for s in recipe.sources] + [("model", m.spec) for m in recipe.models]
+    if recipe.ensemble is not None:
+        used.append(("combiner", recipe.ensemble.spec))
+    seen, out = set(), []
+    for kind, spec in used:
+        if (kind, spec.name) in seen:
+            continue
+        seen.add((kind, spec.name))
+        out.append({"kind": kind, "name": spec.name, "plugin": spec.plugin, "distribution": spec.distribution,
+                    "version": spec.version})
+    return out

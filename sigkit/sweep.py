@@ -237,7 +237,8 @@ def run_job(job: Job, out_dir: str | None = None, builtins_only: bool = False, n
     outcome = {"id": job.id, "recipe": job.recipe, "overrides": dict(job.overrides), "status": "ok",
                "error": None, "report": None}
     try:
-        from sigkit.cli import _plugins_used, _version
+        from sigkit import __version__
+        from sigkit.report import plugins_used
         from sigkit.engine import replay_from_recipe
         from sigkit.plugins import build_registry
         from sigkit.recipe import load_recipe
@@ -247,8 +248,8 @@ def run_job(job: Job, out_dir: str | None = None, builtins_only: bool = False, n
         recipe = apply_overrides(load_recipe(job.recipe, registry), job.overrides, registry, dict(job.where))
         replay = replay_from_recipe(recipe)
         result = replay.run()
-        report = build_report(result, recipe, sources=replay.describe_sources(), plugins=_plugins_used(recipe),
-                              version=_version(), n_boot=n_boot)
+        report = build_report(result, recipe, sources=replay.describe_sources(), plugins=plugins_used(recipe),
+                              version=__version__, n_boot=n_boot)
         if out_dir is not None:
             write_outputs(Path(out_dir) / job.id, report, result)
         outcome["report"] = report

@@ -120,7 +120,7 @@ def run_recipe(text_or_path: str | Path, tmp_path: str | Path | None = None,
     """
     from sigkit.engine import replay_from_recipe
     from sigkit.recipe import load_recipe
-    from sigkit.report import build_report
+    from sigkit.report import build_report, plugins_used
 
     if isinstance(text_or_path, Path) or ("\n" not in text_or_path and Path(text_or_path).is_file()):
         path = Path(text_or_path)
@@ -131,22 +131,9 @@ def run_recipe(text_or_path: str | Path, tmp_path: str | Path | None = None,
     recipe = load_recipe(path, registry if registry is not None else build_registry())
     replay = replay_from_recipe(recipe)
     result = replay.run()
-    report = build_report(result, recipe, sources=replay.describe_sources(), plugins=_plugins_used(recipe),
+    report = build_report(result, recipe, sources=replay.describe_sources(), plugins=plugins_used(recipe),
                           version=sigkit.__version__, n_boot=200)
     return result, report
-
-
-def _plugins_used(recipe) -> list[dict]:
-    used = [("source", s.spec) for s in recipe.sources] + [("model", m.spec) for m in recipe.models]
-    if recipe.ensemble is not None:
-        used.append(("combiner", recipe.ensemble.spec))
-    out, seen = [], set()
-    for kind, spec in used:
-        if (kind, spec.name) not in seen:
-            seen.add((kind, spec.name))
-            out.append({"kind": kind, "name": spec.name, "plugin": spec.plugin,
-                        "distribution": spec.distribution, "version": spec.version})
-    return out
 
 
 # --- the conformance suite ---------------------------------------------------------------------------
