@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pacompute
 import pyarrow.csv as pacsv
 
-from sigkit.events import BOOK, empty_chunk
+from sigkit.events import BOOK, check_market_name, empty_chunk
 from sigkit.feeds import CLOCKS, BadLines, Emitted, open_binary
 
 #: Bytes of whole lines handed to pyarrow at a time (bounds memory; large enough to amortise the calls).
@@ -247,6 +247,8 @@ def keep_rows(rows: np.ndarray, lines: np.ndarray, ok: np.ndarray) -> tuple[np.n
 
 def market_columns(rows: np.ndarray, field: str, values: list[str], codes: np.ndarray) -> None:
     """Fill a venue/symbol column from distinct values and per-row codes."""
+    for value in values:
+        check_market_name(field, value)
     if len(values) == 1:
         rows[field] = values[0]
     elif values:

@@ -61,6 +61,19 @@ EVENT_DTYPE = np.dtype(
 _FLOAT_FIELDS = [name for name in EVENT_DTYPE.names if EVENT_DTYPE[name].base.kind == "f"]
 
 
+def check_market_name(field: str, value: str) -> str:
+    """``value`` if it fits the ``venue`` (16 characters) or ``symbol`` (24) column; a :class:`DataError`
+    otherwise (numpy would cut it silently, merging markets that differ only after the cut)."""
+    limit = VENUE_CHARS if field == "venue" else SYMBOL_CHARS
+    if len(value) > limit:
+        from sigkit.errors import DataError
+
+        raise DataError(f"{field} name {value!r} is longer than the {limit} characters sigkit keeps",
+                        hint=f"give the source a shorter `{field}` parameter" if field == "venue" else
+                        "use a shorter symbol (or a `symbols` filter)")
+    return value
+
+
 def empty_chunk(n: int) -> np.ndarray:
     """A chunk of ``n`` rows with every column at its fill value (NaN for floats, 0, '')."""
     chunk = np.zeros(n, dtype=EVENT_DTYPE)

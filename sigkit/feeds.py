@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from sigkit.errors import DataError
-from sigkit.events import BOOK, DEPTH_LEVELS, STAT, TRADE, empty_chunk
+from sigkit.events import BOOK, DEPTH_LEVELS, STAT, TRADE, check_market_name, empty_chunk
 
 #: Allowed values of the ``on_bad_line`` setting (recipe key, ``--on-bad-line``).
 ON_BAD_LINE = ("stop", "skip")
@@ -239,6 +239,8 @@ class ChunkBuilder(Emitted):
         key = (venue, symbol)
         code = self._markets.get(key)
         if code is None:
+            check_market_name("venue", venue)
+            check_market_name("symbol", symbol)
             code = self._markets[key] = len(self._markets)
         return code
 
@@ -262,10 +264,10 @@ class ChunkBuilder(Emitted):
         ts = self._time(line, local_ns, exch_ns)
         if ts is None:
             return False
-        if bids is not None or asks is not None:
-            self._depth.append((len(self._ts), bids, asks))
         self._row(ts, exch_ns, BOOK, venue, symbol, 0, (math.nan, math.nan, bid_px, bid_sz, ask_px, ask_sz,
                                                           math.nan, math.nan, math.nan))
+        if bids is not None or asks is not None:
+            self._depth.append((len(self._ts) - 1, bids, asks))
         return True
 
     def stat(self, line: int | None, local_ns: int, exch_ns: int, venue: str, symbol: str, *,
@@ -281,10 +283,11 @@ class ChunkBuilder(Emitted):
         return True
 
     def _row(self, ts: int, exch: int, kind: int, venue: str, symbol: str, side: int, floats: tuple) -> None:
+        market = self._market_code(venue, symbol)  # first: it may refuse the names, before anything is added
         self._ts.append(ts)
         self._exch.append(exch)
         self._kind.append(kind)
-        self._market.append(self._market_code(venue, symbol))
+        self._market.append(market)
         self._side.append(side)
         self._f.append(floats)
 

@@ -163,3 +163,13 @@ def test_l2_book_keeps_sorted_levels_and_deletes_on_zero():
     assert len(book) == 6
     book.clear()
     assert len(book) == 0 and math.isnan(book.best_bid()[0])
+
+
+def test_a_market_name_too_long_for_the_dtype_is_refused_not_cut():
+    b = ChunkBuilder(BadLines("f"))
+    b.trade(1, 1, 1, "v" * 16, "S" * 24, 1, 1.0, 1.0)  # exactly the widths: kept
+    with pytest.raises(DataError, match="symbol name 'XXXXXXXXXXXXXXXXXXXXXXXXX' is longer than the 24"):
+        b.trade(2, 2, 2, "v", "X" * 25, 1, 1.0, 1.0)
+    with pytest.raises(DataError, match="venue name .* is longer than the 16"):
+        b.book(3, 3, 3, "binance-usdm-futures", "BTCUSDT", 1.0, 1.0, 2.0, 1.0)
+    assert _all(b)["symbol"].tolist() == ["S" * 24]

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 import sigkit
+from sigkit.events import check_market_name
 from sigkit.errors import DataError
 from sigkit.events import BOOK, TRADE
 from sigkit.feeds import BadLines, describe_reader, open_lines
@@ -96,6 +97,8 @@ class Archive:
             raise DataError(f"{self.path}: cannot tell the symbol from the file name",
                             hint="name the file like BTCUSDT-trades-2024-08-08.csv or set symbol: in the "
                                  "source's parameters")
+        check_market_name("venue", params.venue)
+        check_market_name("symbol", self.symbol)
         self.name_kind = name.group(2) if name else None
         self.layout: Layout | None = None
         self.bad: BadLines | None = None

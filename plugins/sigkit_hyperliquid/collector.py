@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 import sigkit
+from sigkit.events import check_market_name
 from sigkit.events import BOOK, DEPTH_LEVELS, SYMBOL_CHARS, TRADE, empty_chunk
 from sigkit.feeds import BadLines, open_lines
 from sigkit.csvblocks import BlockChunks, CsvLayout, RowChecks, blank_rows, floats, ints, labels, line_blocks
@@ -339,6 +340,8 @@ class HyperliquidCsv:
     """Reads one coin's collector files and merges them causally (see the module docstring)."""
 
     def __init__(self, params: HyperliquidCsvParams, context: sigkit.RunContext):
+        check_market_name("venue", params.venue)
+        check_market_name("symbol", params.coin)
         self.params = params
         self.context = context
         folder = None if params.dir is None else context.resolve(params.dir)

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 import sigkit
+from sigkit.events import check_market_name
 from sigkit.errors import DataError
 from sigkit.events import BOOK, DEPTH_LEVELS, STAT, TRADE
 from sigkit.feeds import BadLines, L2Book, describe_reader, open_lines
@@ -150,7 +151,7 @@ class Tardis:
         rows["ts_ns"] = exch if self.params.clock == "exchange" else local
         rows["exch_ts_ns"] = exch
         if self.params.venue is not None:
-            rows["venue"] = self.params.venue
+            rows["venue"] = check_market_name("venue", self.params.venue)
         else:
             market_columns(rows, "venue", *labels(table, "exchange"))
         market_columns(rows, "symbol", *labels(table, "symbol"))
