@@ -48,8 +48,12 @@ def _plain(value: Any) -> Any:
 
 
 def recipe_identity(recipe) -> dict:
-    """What a checkpoint must match to be resumed with ``recipe``: the recipe's hash, its labelling and every
+    """What a checkpoint must match to be resumed with ``recipe``: the recipe's hash, its labelling, its data
+    (each source's parameters and a fingerprint of each file it reads), the bad-line policy, and every
     model and combiner with its plugin and parameters."""
+    from sigkit.cache import file_fingerprint
+    from sigkit.params import path_fields
+
     ensembles = [("ensemble", recipe.ensemble)] if recipe.ensemble is not None else []
     ensembles += [(arm.name, arm.ensemble) for arm in recipe.arms if arm.ensemble is not None]
     return {
@@ -60,6 +64,11 @@ def recipe_identity(recipe) -> dict:
         "horizon_ns": recipe.horizon_ns,
         "threshold_bps": recipe.threshold_bps,
         "markout_horizons_ns": list(recipe.evaluation.markout_horizons_ns),
+        "on_bad_line": recipe.on_bad_line,
+        "data": [{"source": src.spec.name, "params": _plain(src.params),
+                  "files": [file_fingerprint(recipe.path.parent / getattr(src.params, name))
+                            for name in path_fields(src.spec.params) if getattr(src.params, name) is not None]}
+                 for src in recipe.sources],
         "models": [{"id": m.id, "model": m.spec.name, "plugin": f"{m.spec.distribution} {m.spec.version}".strip(),
                     "params": _plain(m.params)} for m in recipe.models],
         "ensembles": [{"name": name, "combiner": e.spec.name,
@@ -94,6 +103,14 @@ def identity_difference(saved: dict, now: dict) -> str | None:
                     return f"{kind} {x[ids]!r}: {field} is {x.get(field)!r} in the checkpoint, {y.get(field)!r} now"
             if x.get("params") != y.get("params"):
                 return f"{kind} {x[ids]!r}: params differ: {_param_diff(x.get('params'), y.get('params'))}"
+    if saved.get("on_bad_line", "stop") != now.get("on_bad_line", "stop"):
+        return f"on_bad_line is {saved.get('on_bad_line', 'stop')!r} in the checkpoint, {now.get('on_bad_line')!r} now"
+    for k, (x, y) in enumerate(zip(saved.get("data", []), now.get("data", [])), start=1):
+        if x != y:
+            return (f"data entry {k} ({y.get('source')}) differs: its parameters or the files it reads changed "
+                    "since the checkpoint was taken")
+    if len(saved.get("data", [])) != len(now.get("data", [])):
+        return f"the checkpoint has {len(saved.get('data', []))} data entries, this recipe {len(now.get('data', []))}"
     if saved.get("recipe_sha256") != now.get("recipe_sha256"):
         return (f"the recipe file changed (sha256 {str(saved.get('recipe_sha256'))[:12]}... in the checkpoint, "
                 f"{str(now.get('recipe_sha256'))[:12]}... now), though its models, params and labelling are the same")

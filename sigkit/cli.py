@@ -34,6 +34,24 @@ def _version() -> str:
     return __version__
 
 
+def _bad_line_option(command):
+    """``--on-bad-line``, shared by the commands that read data."""
+    from sigkit.feeds import ON_BAD_LINE
+
+    return click.option("--on-bad-line", type=click.Choice(ON_BAD_LINE), default=None,
+                        help="Bad data lines: stop with file:line (the default, or the recipe's on_bad_line) or "
+                             "skip them, counted by reason in the report.")(command)
+
+
+def _cache_options(command):
+    """``--cache DIR`` and ``--no-cache``, shared by the commands that read data files."""
+    command = click.option("--no-cache", is_flag=True,
+                           help="Neither read nor write the event cache (docs/cache.md).")(command)
+    return click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="Keep parsed data files in DIR and reuse them while unchanged  "
+                             "[default: $SIGKIT_CACHE_DIR or ~/.cache/sigkit]")(command)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(version=None, package_name="sigkit", message="sigkit %(version)s")
 @click.option("--no-plugins", is_flag=True,
@@ -78,9 +96,7 @@ def _registry(warn: bool = True):
               help="Directory for report.json and predictions.csv  [default: sigkit-runs/<recipe name>]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table; errors still print.")
 @click.option("--html", is_flag=True, help="Also write OUT/report.html with figures (needs sigkit[report]).")
-@click.option("--on-bad-line", type=click.Choice(["stop", "skip"]), default=None,
-              help="Bad data lines: stop with file:line (the default, or the recipe's on_bad_line) or skip them, "
-                   "counted by reason in the report.")
+@_bad_line_option
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save every model's learned state to FILE every --checkpoint-every of event time and at exit "
                    "(also when stopped by SIGTERM or Ctrl-C).")
@@ -97,10 +113,7 @@ def _registry(warn: bool = True):
               help="--live: write everything received to DIR in the replayable raw formats.")
 @click.option("--report-every", default="30s", show_default=True,
               help="--live: rewrite OUT/report.json and redraw the table this often (wall time).")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep parsed data files in DIR and reuse them while unchanged  "
-                   "[default: $SIGKIT_CACHE_DIR or ~/.cache/sigkit]")
-@click.option("--no-cache", is_flag=True, help="Neither read nor write the event cache (docs/cache.md).")
+@_cache_options
 def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line: str | None,
         checkpoint: Path | None, checkpoint_every: str, resume: Path | None, live: bool, duration: str | None,
         record_dir: Path | None, report_every: str, cache_dir: Path | None, no_cache: bool) -> None:
@@ -196,8 +209,8 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
     finally:
         if live_source is not None:
             live_source.close()
-    if live is not None and stop.reason():
-        result.completed, result.stop_reason = False, stop.reason()
+    if live is not None and (stop.reason() or live_source.failure):
+        result.completed, result.stop_reason = False, stop.reason() or live_source.failure
     if checkpoint is not None and result.checkpoints:
         last = result.checkpoints[-1]
         click.echo(f"checkpoint {checkpoint} at ts_ns={last['ts_ns']} ({last['bytes']:,} bytes)", err=True)
@@ -206,6 +219,9 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
     paths = write_outputs(out_dir, report, result)
     if html:
         _render_html(out_dir, quiet)
+    if live_source is not None and live_source.failure:
+        raise SigkitError(f"live run stopped: {live_source.failure}; wrote {paths[0]} for what was received",
+                          hint="free some space or choose another --record folder")
     return report, result, paths, stop
 
 
@@ -395,13 +411,8 @@ def _progress(span: tuple[int, int] | None, quiet: bool):
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run every arm on this native event file (.csv or .csv.gz) instead of the recipes' data.")
 @click.option("--html", is_flag=True, help="Also write OUT/report.html with figures (needs sigkit[report]).")
-@click.option("--on-bad-line", type=click.Choice(["stop", "skip"]), default=None,
-              help="Bad data lines: stop with file:line (the default, or the recipe's on_bad_line) or skip them, "
-                   "counted by reason in the report.")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep parsed data files in DIR and reuse them while unchanged  "
-                   "[default: $SIGKIT_CACHE_DIR or ~/.cache/sigkit]")
-@click.option("--no-cache", is_flag=True, help="Neither read nor write the event cache (docs/cache.md).")
+@_bad_line_option
+@_cache_options
 def ab(recipes: tuple[Path, ...], out_dir: Path | None, quiet: bool, n_boot: int, data_path: Path | None,
        html: bool, on_bad_line: str | None, cache_dir: Path | None, no_cache: bool) -> None:
     """Compare ensembles on the same fills and say whether the difference is real.
@@ -624,10 +635,10 @@ def plugins(as_json: bool) -> None:
         click.echo(f"FAILED  {failure}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 from sigkit.sweep import sweep as _sweep  # noqa: E402 - sigkit.sweep imports only click and ruamel at the top
 
 main.add_command(_sweep)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

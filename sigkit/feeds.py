@@ -75,7 +75,9 @@ def open_binary(path: str | Path):
         raise DataError(f"{path}: cannot open: {err.strerror or err}") from None
     name = path.name.lower()
     if name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        gz = gzip.GzipFile(fileobj=raw, mode="rb")
+        gz.myfileobj = raw  # closing the gzip stream closes the file too (as gzip.open does)
+        return gz
     if name.endswith(".zst"):
         return io.BufferedReader(_ZstdReader(raw), buffer_size=1 << 20)
     return raw
@@ -147,6 +149,23 @@ def _zstd_error():
         return zstandard.ZstdError
     except ImportError:  # pragma: no cover - zstandard is a dependency
         return OSError
+
+
+#: The largest receive time a ``<local_ns> <json>`` line may carry (it must fit the int64 column).
+MAX_NS = (1 << 63) - 1
+
+
+def split_local_ns(line: bytes) -> tuple[int, bytes]:
+    """``<local_ns> <json>`` (the hftbacktest recording layout, which ``sigkit run --live --record``
+    writes) -> ``(local_ns, json)``; ``ValueError`` if the prefix is missing or out of range."""
+    cut = line.find(b" ")
+    head = line[:cut]
+    if cut <= 0 or not head.isdigit():
+        raise ValueError("expected `<local_ns> <json>`: a line must start with the receive time in ns")
+    local_ns = int(head)
+    if local_ns > MAX_NS:
+        raise ValueError(f"receive time {head[:40].decode()} ns is out of range")
+    return local_ns, line[cut + 1:]
 
 
 def number(text) -> float:

@@ -505,6 +505,7 @@ class LiveSource:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._stop_reason: str | None = None
+        self.failure: str | None = None  # why the run had to stop (e.g. the recording could not be written)
         self._thread: threading.Thread | None = None
         self._readers: list[Any] = []
         self._pumps: list[_ReaderPump] = []
@@ -693,7 +694,12 @@ class LiveSource:
 
             def emit_at(local_ns: int, body: bytes) -> None:
                 if f is not None:
-                    f.write(b"%d %s\n" % (local_ns, body))
+                    try:
+                        f.write(b"%d %s\n" % (local_ns, body))
+                    except OSError as err:  # disk full...: stop rather than score lines the recording lacks
+                        self.failure = f"cannot write the recording {f.name}: {err}"
+                        self.stop(self.failure)
+                        return
                 put((k, local_ns, body))
 
             def emit(body: bytes) -> int:

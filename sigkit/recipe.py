@@ -19,6 +19,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from sigkit.context import Market, RunContext
 from sigkit.errors import DurationError, PluginError, RecipeError, SigkitError
+from sigkit.feeds import ON_BAD_LINE
 from sigkit.params import ParamError, build_params, path_fields, suggest
 from sigkit.plugins import CombinerSpec, ModelSpec, Registry, SourceSpec
 from sigkit.units import format_duration, parse_duration
@@ -235,7 +236,7 @@ def load_recipe(path: str | Path, registry: Registry) -> Recipe:
     if on_error not in ("stop", "drop"):
         raise r.error(f"on_error must be 'stop' or 'drop', got {on_error!r}", r.value_at(doc, "on_error"))
     on_bad_line = doc.get("on_bad_line", "stop")
-    if on_bad_line not in ("stop", "skip"):
+    if on_bad_line not in ON_BAD_LINE:
         raise r.error(f"on_bad_line must be 'stop' or 'skip', got {on_bad_line!r}", r.value_at(doc, "on_bad_line"))
     recipe_fields = dict(path=path, sha256=hashlib.sha256(text.encode()).hexdigest(), plain=_plain(doc),
                          name=str(doc.get("name", path.stem)), seed=seed, target=target, fills_path=fills_path,

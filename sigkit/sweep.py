@@ -238,15 +238,15 @@ def run_job(job: Job, out_dir: str | None = None, builtins_only: bool = False, n
                "error": None, "report": None}
     try:
         from sigkit import __version__
-        from sigkit.report import plugins_used
+        from sigkit.cache import default_cache_dir
         from sigkit.engine import replay_from_recipe
         from sigkit.plugins import build_registry
         from sigkit.recipe import load_recipe
-        from sigkit.report import build_report, write_outputs
+        from sigkit.report import build_report, plugins_used, write_outputs
 
         registry = build_registry(builtins_only=builtins_only)
         recipe = apply_overrides(load_recipe(job.recipe, registry), job.overrides, registry, dict(job.where))
-        replay = replay_from_recipe(recipe)
+        replay = replay_from_recipe(recipe, cache_dir=default_cache_dir())  # parsed files shared by the jobs
         result = replay.run()
         report = build_report(result, recipe, sources=replay.describe_sources(), plugins=plugins_used(recipe),
                               version=__version__, n_boot=n_boot)

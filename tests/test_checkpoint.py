@@ -240,3 +240,24 @@ def test_cli_checkpoint_and_resume(tmp_path):
     unitless = runner.invoke(main, ["run", str(recipe), "--quiet", "--checkpoint", str(tmp_path / "x.npz"),
                                     "--checkpoint-every", "30"])
     assert unitless.exit_code == 2 and "--checkpoint-every" in unitless.output
+
+
+def test_a_checkpoint_is_refused_when_its_data_file_or_bad_line_policy_changed(tmp_path):
+    from click.testing import CliRunner
+
+    from sigkit.cli import main
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["simulate", "--world", "informed", "--duration", "1m", "--out",
+                                str(tmp_path / "d.csv")]).exit_code == 0
+    (tmp_path / "r.yaml").write_text("name: cpdata\ndata:\n  - source: native\n    path: d.csv\n"
+                                     "target: {venue: sim, symbol: BTC-PERP}\nhorizon: 1s\n"
+                                     "models:\n  - {id: flow, model: flow}\n")
+    run = ["run", str(tmp_path / "r.yaml"), "--quiet", "--out", str(tmp_path / "out")]
+    assert runner.invoke(main, [*run, "--checkpoint", str(tmp_path / "cp.npz")]).exit_code == 0
+    policy = runner.invoke(main, [*run, "--resume", str(tmp_path / "cp.npz"), "--on-bad-line", "skip"])
+    assert policy.exit_code == 2 and "on_bad_line is 'stop' in the checkpoint, 'skip' now" in policy.output
+    with open(tmp_path / "d.csv", "a") as f:  # the recording grew (or was replaced) since the checkpoint
+        f.write(open(tmp_path / "d.csv").read().splitlines()[-1] + "\n")
+    changed = runner.invoke(main, [*run, "--resume", str(tmp_path / "cp.npz")])
+    assert changed.exit_code == 2 and "data entry 1 (native) differs" in changed.output

@@ -134,7 +134,7 @@ def test_a_failing_job_is_reported_and_the_others_complete(days):
 def test_a_bug_in_a_job_keeps_its_traceback(sweep_file, monkeypatch):
     import sigkit.engine
 
-    def broken(recipe):
+    def broken(recipe, **options):
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(sigkit.engine, "replay_from_recipe", broken)

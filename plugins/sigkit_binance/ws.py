@@ -22,7 +22,8 @@ import attrs
 import msgspec
 
 import sigkit
-from sigkit.feeds import BadLines, ChunkBuilder, L2Book, describe_reader, number, open_lines
+from sigkit.feeds import (MAX_NS, BadLines, ChunkBuilder, L2Book, describe_reader, number, open_lines,
+                          split_local_ns)
 
 #: A price or size as Binance sends it (a decimal string).  msgspec parses it in C, correctly rounded like
 #: ``float(text)``; the bounds refuse NaN, infinities and negative values, as :func:`sigkit.feeds.number`
@@ -32,8 +33,6 @@ Price = Annotated[float, msgspec.Meta(gt=0.0, le=1e300)]
 Level = tuple[Price, Size]
 #: An exchange time in epoch milliseconds (Binance's default unit), bounded so that its ns fit an int64.
 Ms = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) // 1_000_000)]
-#: Largest local time in ns (the int64 column).
-MAX_NS = (1 << 63) - 1
 
 #: Depth events held per symbol while no snapshot is loaded (before the first one, or after a gap).
 BUFFER_EVENTS = 2000
@@ -165,18 +164,6 @@ class BinanceParams:
                                                   "interest; unset: the venue's public endpoint")
 
 
-def _split_ns_prefix(line: bytes) -> tuple[int, bytes]:
-    """hftbacktest: ``<local_ns> <json>``."""
-    cut = line.find(b" ")
-    head = line[:cut]
-    if cut <= 0 or not head.isdigit():
-        raise ValueError("expected `<local_ns> <json>`")
-    ns = int(head)
-    if ns > MAX_NS:
-        raise ValueError(f"local time out of range: {head[:40]!r}")
-    return ns, line[cut + 1:]
-
-
 def _split_seconds_prefix(line: bytes) -> tuple[int, bytes]:
     """cryptofeed: ``<epoch_seconds>: <json>``."""
     cut = line.find(b": ")
@@ -209,7 +196,7 @@ def _layout(line: bytes):
         return _split_seconds_prefix, True
     head = line.split(b" ", 1)[0]
     if head.isdigit():
-        return _split_ns_prefix, False
+        return split_local_ns, False
     if head.endswith(b":"):
         return _split_seconds_prefix, False
     return None, False

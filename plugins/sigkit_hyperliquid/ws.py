@@ -29,14 +29,13 @@ import msgspec
 
 import sigkit
 from sigkit.events import DEPTH_LEVELS, SYMBOL_CHARS
-from sigkit.feeds import BadLines, ChunkBuilder, describe_reader, open_lines
+from sigkit.feeds import MAX_NS, BadLines, ChunkBuilder, describe_reader, open_lines, split_local_ns
 
 #: ``(time, tid)`` keys remembered per coin for de-duplication.  Hyperliquid replays its last few dozen
 #: trades on (re)subscribe, so a few thousand cover any replay while keeping memory flat.
 DEDUPE_WINDOW = 4096
 
 _MS = 1_000_000
-_MAX_NS = 2**63 - 1
 
 #: A price or size as Hyperliquid sends it (a decimal string).  The decoder runs in msgspec's lax mode,
 #: which parses the string in C, correctly rounded like ``float(text)``; the bounds refuse NaN, infinities
@@ -47,7 +46,7 @@ Rate = Annotated[float, msgspec.Meta(ge=-1e300, le=1e300)]
 #: A coin name that fits the event dtype's symbol column (a longer one would be cut silently).
 Coin = Annotated[str, msgspec.Meta(min_length=1, max_length=SYMBOL_CHARS)]
 #: Epoch milliseconds whose nanoseconds fit in int64.
-Millis = Annotated[int, msgspec.Meta(ge=0, le=_MAX_NS // _MS)]
+Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_NS // _MS)]
 
 
 class _Level(msgspec.Struct):
@@ -145,18 +144,6 @@ class HyperliquidParams:
                                                 "unset: wss://api.hyperliquid.xyz/ws")
 
 
-def split_prefix(line: bytes) -> tuple[int, bytes]:
-    """``<local_ns> <json>`` -> ``(local_ns, json)``; ``ValueError`` if the prefix is missing."""
-    cut = line.find(b" ")
-    head = line[:cut]
-    if cut <= 0 or not head.isdigit():
-        raise ValueError("expected `<local_ns> <json>`: a line must start with the receive time in ns")
-    local_ns = int(head)
-    if local_ns > _MAX_NS:
-        raise ValueError(f"receive time {local_ns} ns is out of range")
-    return local_ns, line[cut + 1:]
-
-
 def _why(err: msgspec.ValidationError) -> tuple[str, str]:
     """Reason and detail for a line that is JSON but not a message this reader knows."""
     text = str(err)
@@ -196,16 +183,22 @@ class Hyperliquid:
             raise sigkit.DataError("source hyperliquid needs `path`, a recording to replay (or run with --live)")
         self.params = params
         self.path = context.resolve(params.path)
-        self.bad = BadLines(self.path, context.on_bad_line)
-        self.builder = ChunkBuilder(self.bad, clock=params.clock, reorder_ns=params.reorder_ns)
+        self.on_bad_line = context.on_bad_line
         self.coins = None if params.coins is None else frozenset(params.coins)
         self.keep_replayed = params.replayed_trades == "keep"
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh reading state: counts, the replayed-trades memory, the clock checks."""
+        self.bad = BadLines(self.path, self.on_bad_line)
+        self.builder = ChunkBuilder(self.bad, clock=self.params.clock, reorder_ns=self.params.reorder_ns)
         self.messages: Counter[str] = Counter()
         self.replayed = 0
         self.duplicates = 0
         self._trades: dict[str, _Trades] = {}
 
     def chunks(self):
+        self._reset()  # every read of the file starts afresh
         return self.parse(open_lines(self.path, self.bad))
 
     def parse(self, lines):
@@ -223,7 +216,7 @@ class Hyperliquid:
                 continue
             lineno, line = item
             try:
-                local_ns, body = split_prefix(line)
+                local_ns, body = split_local_ns(line)
             except ValueError as err:
                 bad(lineno, "missing receive time", str(err))
                 continue
