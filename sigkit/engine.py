@@ -138,13 +138,22 @@ def merge_chunks(sources: Sequence[tuple[str, Iterable[np.ndarray]]]) -> Iterato
 
 
 def _interleave(parts: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """One chunk of the sorted ``parts`` (given in source order), sorted by ``ts_ns``; equal times keep the
+    source order, then the row order."""
     if len(parts) == 1:
         return parts[0][1]
-    chunk = np.concatenate([p for _, p in parts])
-    source_rank = np.concatenate([np.full(len(p), k) for k, p in parts])
-    row_rank = np.concatenate([np.arange(len(p)) for _, p in parts])
-    order = np.lexsort((row_rank, source_rank, chunk["ts_ns"]))
-    return chunk[order]
+    ts = np.concatenate([p["ts_ns"] for _, p in parts])
+    where = np.empty(ts.size, dtype=np.int64)
+    where[np.argsort(ts, kind="stable")] = np.arange(ts.size)  # stable: source order, then row order
+    # Each row is copied once, as raw bytes: several times faster than indexing the structured array.
+    width = EVENT_DTYPE.itemsize
+    merged = np.empty(ts.size, dtype=EVENT_DTYPE)
+    out = merged.view(np.uint8).reshape(ts.size, width)
+    start = 0
+    for _, part in parts:
+        out[where[start: start + part.size]] = np.ascontiguousarray(part).view(np.uint8).reshape(part.size, width)
+        start += part.size
+    return merged
 
 
 class Replay:

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 import sigkit
+from sigkit.engine import merge_chunks
 from sigkit.events import check_market_name
 from sigkit.events import BOOK, DEPTH_LEVELS, SYMBOL_CHARS, TRADE, empty_chunk
 from sigkit.feeds import BadLines, open_lines
@@ -358,7 +359,8 @@ class HyperliquidCsv:
 
     def chunks(self) -> Iterator[np.ndarray]:
         self.files = [_File(self, kind, path) for kind, path in self.paths.items()]
-        for chunk in _merge([f.chunks() for f in self.files]):
+        # The engine's own merge: equal times keep the files' order (orderbooks, prices, trades), then row order.
+        for chunk in merge_chunks([(f.kind, f.chunks()) for f in self.files]):
             if self.first_ns is None:
                 self.first_ns = int(chunk["ts_ns"][0])
             self.last_ns = int(chunk["ts_ns"][-1])
@@ -381,64 +383,6 @@ class HyperliquidCsv:
                                     "emitted": self.params.replayed_trades == "keep"},
                 "duplicate_trades_dropped": sum(f.duplicates for f in self.files),
                 "lone_bbo_sides": sum(f.lone_sides for f in self.files)}
-
-
-def _merge(streams: list[Iterator[np.ndarray]]) -> Iterator[np.ndarray]:
-    """Merge sorted chunk streams by ``ts_ns``; equal times keep the streams' order, then file order.
-
-    Rows before the earliest "last buffered time" of the live streams are released, so memory stays at
-    about one chunk per stream.  Each stream's buffer is a list of pieces, so a chunk is never copied to
-    be buffered, and the release is one scatter into the output chunk."""
-    pieces: list[list[np.ndarray]] = [[] for _ in streams]
-    live = list(range(len(streams)))
-
-    def pull(i: int) -> None:
-        chunk = next(streams[i], None)
-        if chunk is None:
-            live.remove(i)
-        else:
-            pieces[i].append(chunk)
-
-    for i in list(live):
-        pull(i)
-    while live:
-        frontier = min(int(pieces[i][-1]["ts_ns"][-1]) for i in live)
-        out = []
-        for held in pieces:
-            while held:
-                cut = int(np.searchsorted(held[0]["ts_ns"], frontier, side="left"))
-                if cut == len(held[0]):
-                    out.append(held.pop(0))
-                    continue
-                if cut:
-                    out.append(held[0][:cut])
-                    held[0] = held[0][cut:]
-                break
-        if out:
-            yield _ordered(out)
-        for i in [i for i in live if int(pieces[i][-1]["ts_ns"][-1]) == frontier]:
-            pull(i)
-    rest = [piece for held in pieces for piece in held]
-    if rest:
-        yield _ordered(rest)
-
-
-def _ordered(parts: list[np.ndarray]) -> np.ndarray:
-    """One chunk of sorted ``parts`` (given in tie order), sorted by ``ts_ns``."""
-    if len(parts) == 1:
-        return parts[0]
-    ts = np.concatenate([part["ts_ns"] for part in parts])
-    where = np.empty(ts.size, dtype=np.int64)
-    where[np.argsort(ts, kind="stable")] = np.arange(ts.size)
-    # Each row is copied once, as raw bytes: several times faster than structured-array indexing.
-    width = parts[0].dtype.itemsize
-    merged = np.empty(ts.size, dtype=parts[0].dtype)
-    out = merged.view(np.uint8).reshape(ts.size, width)
-    start = 0
-    for part in parts:
-        out[where[start: start + part.size]] = np.ascontiguousarray(part).view(np.uint8).reshape(part.size, width)
-        start += part.size
-    return merged
 
 
 SOURCE = sigkit.SourceSpec("hyperliquid_csv", HyperliquidCsv, params=HyperliquidCsvParams,
