@@ -201,13 +201,13 @@ def test_features_by_hand():
     # features are in units of the running RMS s of L at the fills (this one included): here s = |L|,
     # and the size feature tanh(|L|/s) is centred on its running mean, so it is 0 at the first fill.
     leader_move, target_move = (102.5 / 100.5 - 1) * 1e4, (101.5 / 100.5 - 1) * 1e4
-    assert model.features(query) == pytest.approx([-math.tanh(1.0), 0.0, -math.tanh(target_move / leader_move)])
+    assert model.observe_fill(query) == pytest.approx([-math.tanh(1.0), 0.0, -math.tanh(target_move / leader_move)])
     # A later fill on the other side: (100, 200] holds only the second leader step, now with the aggressor.
     later = sigkit.FillQuery(200, "v", "X", side=-1, price=102.0, size=1.0)  # (100, 200]: 101.5 -> 102.5
     second = (102.5 / 101.5 - 1) * 1e4
     s = math.sqrt((leader_move ** 2 + second ** 2) / 2)
     size = math.tanh(second / s)
-    assert model.features(later)[:2] == pytest.approx([size, size - (math.tanh(1.0) + size) / 2])
+    assert model.observe_fill(later)[:2] == pytest.approx([size, size - (math.tanh(1.0) + size) / 2])
 
 
 def test_no_significant_leader_means_the_base_rate_with_no_confidence():
@@ -218,9 +218,9 @@ def test_no_significant_leader_means_the_base_rate_with_no_confidence():
     assert (first.p_adverse, first.confidence) == (0.5, 0.0)  # the prior base rate, nothing learned
     for lag, z in ((-20, 10.0), (20, 4.9)):  # target leads; leader ahead but not significant
         model.estimate = LeadLagEstimate(lag, 0.5, 0.1, 1.0, z, 2, 1)
-        assert model.features(query) is None and model.predict(query).confidence == 0.0
+        assert model.observe_fill(query) is None and model.predict(query).confidence == 0.0
     model.estimate = LeadLagEstimate(20, 0.5, 0.1, 1.0, -6.0, 2, 1)  # significant, negative correlation
-    assert model.features(query) is not None
+    assert model.observe_fill(query) is not None
 
 
 def test_bad_settings_are_refused_when_the_model_is_built():

@@ -246,9 +246,10 @@ class CrossAsset(sigkit.LearnedState):
 
     # -- fills ---------------------------------------------------------------------------------------
 
-    def features(self, query: sigkit.FillQuery) -> list[float] | None:
-        """``[a·tanh(L/s), tanh(|L|/s) - its running mean]`` (and ``a·tanh(F/s)``) at the fill, or None while the leader is not known
-        to lead.
+    def observe_fill(self, query: sigkit.FillQuery) -> list[float] | None:
+        """Take in a fill: update the running moments of the leader's move and return the features
+        ``[a·tanh(L/s), tanh(|L|/s) - its running mean]`` (and ``a·tanh(F/s)``), or None while the leader is
+        not known to lead.  Not a pure getter: call it once per fill (``predict`` does).
 
         ``s`` is the running RMS of ``L`` over the fills seen so far, this one included (known at the fill,
         so causal).  On the simulator the leader moves one tick at a time and ``L`` is about one leader step;
@@ -276,7 +277,7 @@ class CrossAsset(sigkit.LearnedState):
         return x
 
     def predict(self, query: sigkit.FillQuery) -> sigkit.Prediction:
-        x = self.features(query)
+        x = self.observe_fill(query)
         if x is None:
             p = self.base_rate.rate
             return sigkit.Prediction(p, 0.0, self.cost.expected(p))
