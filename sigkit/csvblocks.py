@@ -260,11 +260,10 @@ class BlockChunks(Emitted):
 
     On the ``local`` clock a row earlier than one before it is ``time went backwards``; on the
     ``exchange`` clock rows are held for ``reorder_ns`` of exchange time and released sorted, and a row
-    more than ``reorder_ns`` older than the latest row before it is bad.  (ChunkBuilder holds rows in
-    batches and only refuses a row older than what it already released, so how late a row may be
-    depends on its batch; here the rule is the same for every row, whatever the block size.)  A book row
-    whose best bid is not below its best ask is a ``crossed book``.  Every problem of a block (the parser's too) is reported in line order, so under
-    ``stop`` the error names the first bad line of the file.
+    more than ``reorder_ns`` older than the latest row before it is bad, whatever the block size (the
+    rule of :class:`sigkit.feeds.ChunkBuilder`, row by row there).  A book row whose best bid is not below
+    its best ask is a ``crossed book``.  Every problem of a block (the parser's too) is reported in line
+    order, so under ``stop`` the error names the first bad line of the file.
     """
 
     def __init__(self, bad: BadLines, *, clock: str = "local", reorder_ns: int = 1_000_000_000):

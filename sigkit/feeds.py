@@ -207,8 +207,8 @@ class ChunkBuilder(Emitted):
     only clock a live system could have acted on) or ``exchange``.  Rows arrive in file order.  On the
     local clock a row earlier than the one before it is bad data (``time went backwards``).  On the
     exchange clock, messages of different streams may arrive out of exchange-time order, so rows are
-    held for ``reorder_ns`` of exchange time and released sorted; a row older than what was already
-    released is bad data.  A book row whose best bid is not below its best ask is bad data
+    held for ``reorder_ns`` of exchange time and released sorted; a row more than ``reorder_ns`` older than
+    the newest row before it is bad data (the rule of :class:`sigkit.csvblocks.BlockChunks` too).  A book row whose best bid is not below its best ask is bad data
     (``crossed book``).
     """
 
@@ -241,18 +241,23 @@ class ChunkBuilder(Emitted):
 
     # -- adding rows ----------------------------------------------------------------------------------
     def _time(self, line: int | None, local_ns: int, exch_ns: int) -> int | None:
-        ts = exch_ns if self.exchange else local_ns
-        if ts < self._last:
-            which = "exchange" if self.exchange else "local receive"
-            self.bad(line, "time went backwards", f"{which} time {ts} ns is before {self._last} ns, "
-                     "seen earlier" + (f" (more than the {self.reorder_ns / 1e9:g} s re-ordering window)"
-                                       if self.exchange else ""))
-            return None
         if not self.exchange:
-            self._last = ts
-        elif ts > self._max_seen:
-            self._max_seen = ts
-        return ts
+            if local_ns < self._last:
+                self.bad(line, "time went backwards", f"local receive time {local_ns} ns is before {self._last} ns, "
+                         "seen earlier")
+                return None
+            self._last = local_ns
+            return local_ns
+        # The same rule for every row, wherever the chunk boundaries fall: at most reorder_ns older than the
+        # newest row before it (and never older than what was already released).
+        before = self._max_seen
+        if exch_ns < max(self._last, before - self.reorder_ns):
+            self.bad(line, "time went backwards", f"exchange time {exch_ns} ns is more than the "
+                     f"{self.reorder_ns / 1e9:g} s re-ordering window before {before} ns, seen earlier")
+            return None
+        if exch_ns > before:
+            self._max_seen = exch_ns
+        return exch_ns
 
     def _market_code(self, venue: str, symbol: str) -> int:
         key = (venue, symbol)
