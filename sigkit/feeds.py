@@ -94,13 +94,15 @@ class _ZstdReader(io.RawIOBase):
         self._new = zstandard.ZstdDecompressor().decompressobj
         self._obj = self._new()
         self._pending = b""
+        self._offset = 0  # how much of _pending was handed out
         self._started = False  # some input of the current frame was consumed
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        while not self._pending:
+        while self._offset == len(self._pending):
+            self._pending, self._offset = b"", 0
             data = self._raw.read(1 << 18)
             if not data:
                 if self._started and not self._obj.eof:
@@ -112,9 +114,9 @@ class _ZstdReader(io.RawIOBase):
                 self._started = True
                 self._pending += self._obj.decompress(data)
                 data = self._obj.unused_data if self._obj.eof else b""
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+        n = min(len(buffer), len(self._pending) - self._offset)
+        buffer[:n] = memoryview(self._pending)[self._offset: self._offset + n]
+        self._offset += n
         return n
 
     def close(self) -> None:
