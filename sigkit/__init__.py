@@ -16,7 +16,7 @@ from sigkit.events import (
 from sigkit.hookspecs import hookimpl
 from sigkit.labels import label_outcome, markout_bps
 from sigkit.learn import (
-    REGIME_DIMENSIONS, ConditionalCost, LearnedState, OnlineLogistic, PendingFills, RegimeTracker, RunningBaseRate,
+    REGIME_DIMENSIONS, ConditionalCost, LearnedState, NewtonLogistic, OnlineLogistic, PendingFills, RegimeTracker, RunningBaseRate,
     evidence_confidence, logit, sigmoid,
 )
 from sigkit.params import duration, param, path
@@ -31,17 +31,21 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 
 def __getattr__(name: str):
-    # Public subpackages imported on first use, so `import sigkit` stays light.
-    if name in ("sim", "native"):
-        import importlib
+    # Public subpackages imported on first use, so `import sigkit` stays light: `sigkit.live` (the machinery
+    # a source plugin's live connections build on), `sigkit.feeds` and `sigkit.csvblocks` (what data readers
+    # are built from: docs/data.md), `sigkit.sim`, `sigkit.native`.
+    import importlib
 
+    if name in ("sim", "native", "live", "feeds", "csvblocks"):
         return importlib.import_module(f"sigkit.{name}")
+    if name == "merge_chunks":  # the one causal merge of sorted chunk streams (readers of several files use it)
+        return importlib.import_module("sigkit.engine").merge_chunks
     raise AttributeError(f"module 'sigkit' has no attribute {name!r}")
 
 __all__ = [
     "PLUGIN_API_VERSION", "REGIME_DIMENSIONS", "ASK", "BID", "BOOK", "BUY", "DEPTH_LEVELS", "EVENT_DTYPE", "FILL", "SELL", "STAT",
     "TRADE", "BookUpdate", "CombinerSpec", "ConditionalCost", "DataError", "DurationError", "FillQuery",
-    "LearnedState", "Market", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PendingFills", "PluginError",
+    "LearnedState", "Market", "NewtonLogistic", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PendingFills", "PluginError",
     "Prediction", "RecipeError", "RegimeTracker", "RunContext", "RunningBaseRate", "SigkitError", "SourceSpec", "Trade",
     "duration", "empty_chunk", "evidence_confidence", "format_duration", "hookimpl", "label_outcome",
     "logit", "markout_bps", "new_rows", "param", "parse_duration", "path", "row_to_record", "sigmoid",

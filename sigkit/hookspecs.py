@@ -192,6 +192,36 @@ class SourceHooks:
     def describe(self) -> dict:
         """A JSON-ready description of where the data came from, recorded in the report."""
 
+    @instance_hookspec(firstresult=True)
+    def live_connections(self) -> list:
+        """Optional: the connections ``sigkit run --live`` opens for this data entry.  A source without
+        this hook has no live mode.
+
+        sigkit builds the source from the data entry only to ask this (an unset ``path`` is replaced by a
+        placeholder, never opened) and expects a list of :class:`sigkit.live.LiveConnectionPlan`, one per
+        recording file: ``LiveConnectionPlan(connection, name, params, part="")``.
+
+        - ``connection`` is an instance of a :class:`sigkit.live.Connection` subclass: ``url()`` says where
+          to connect and ``session(ws, emit, emit_at)`` subscribes, then hands every message to ``emit``
+          (which stamps it with the local receive time, records it and queues it for the engine).  sigkit
+          reconnects with backoff, counts, and names the connection after its recording.
+        - ``name`` is the recording's base name (``<name>.gz``, e.g. ``binance-usdm_BTCUSDT``).
+        - ``params`` are this source's params that read that recording: sigkit builds one reader per
+          connection with them (``path`` set to the recording) and feeds it the recorded lines through its
+          ``parse(lines)`` method, so the recording replays to the same rows.  ``parse`` takes
+          ``(lineno, line)`` items, or ``None`` for "nothing more for now: yield what you hold".
+        - ``part`` tells apart the connections of one data entry (replay label ``<label>:<part>``).
+
+        Raise :class:`sigkit.RecipeError` for an entry that cannot run live (sigkit adds where it is).
+        Example::
+
+            def live_connections(self):
+                from my_source.live import MyConnection  # a sigkit.live.Connection subclass
+
+                name = f"myvenue_{self.params.symbol}"
+                return [sigkit.live.LiveConnectionPlan(MyConnection(name, self.params.ws_url), name, self.params)]
+        """
+
 
 INSTANCE_SPECS = {"model": ModelHooks, "combiner": CombinerHooks, "source": SourceHooks}
 REQUIRED_HOOKS = {"model": ("predict",), "combiner": ("combine",), "source": ("chunks",)}

@@ -1,9 +1,11 @@
 """Live mode: connect to the venues a recipe names, stamp and record every message, and feed the engine.
 
-Each data entry of a recipe becomes one or more websocket connections (Hyperliquid: one per entry, all its
-coins; Binance: one per symbol, so that the bare REST depth snapshots recorded in its file belong to one
-symbol).  Every message received, and every REST response that matters to the book (depth snapshots,
-open interest), is stamped with the local receive time from one process-wide, strictly increasing clock
+This module knows no venue.  Each data entry of a recipe asks its source plugin, through the optional
+``live_connections()`` source hook (:class:`sigkit.hookspecs.SourceHooks`), for the connections it needs:
+:class:`LiveConnectionPlan` items, each a :class:`Connection` subclass written by the plugin (what to connect
+to, what to subscribe, what else to fetch), the name of its recording and the source params that read that
+recording.  This module runs them: reconnects with backoff, stamps, records, feeds the readers.  Every
+message received, and every other response a connection records (e.g. REST depth snapshots), is stamped with the local receive time from one process-wide, strictly increasing clock
 and becomes one line ``<local_ns> <raw json>``: exactly a line of the replayable recording format of the
 venue's source plugin.  The same line is (1) written to the connection's recording file, if recording,
 and (2) handed to a reader of that source plugin built for that file, whose rows go to the engine.  A
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import inspect
 import json
 import logging
 import queue
@@ -33,30 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import msgspec
 import numpy as np
 
-from sigkit.errors import RecipeError, SigkitError
+from sigkit.errors import PluginError, RecipeError, SigkitError
 
 log = logging.getLogger("sigkit.live")
 
-#: Where the public market data lives (no credentials needed for any of it).
-BINANCE_WS = {"spot": "wss://stream.binance.com:9443", "usdm": "wss://fstream.binance.com",
-              "coinm": "wss://dstream.binance.com"}
-BINANCE_REST = {"spot": "https://api.binance.com", "usdm": "https://fapi.binance.com",
-                "coinm": "https://dapi.binance.com"}
-BINANCE_DEPTH_PATH = {"spot": "/api/v3/depth", "usdm": "/fapi/v1/depth", "coinm": "/dapi/v1/depth"}
-BINANCE_OI_PATH = {"usdm": "/fapi/v1/openInterest", "coinm": "/dapi/v1/openInterest"}
-HYPERLIQUID_WS = "wss://api.hyperliquid.xyz/ws"
-
-#: Venue names of the Binance source mapped to the market they are read from.
-BINANCE_MARKETS = {"binance-spot": "spot", "binance-usdm": "usdm", "binance-futures": "usdm",
-                   "binance-coinm": "coinm", "binance-delivery": "coinm"}
-BINANCE_STREAMS = ("trade", "bookTicker", "depth@100ms")
-BINANCE_FUTURES_STREAMS = (*BINANCE_STREAMS, "forceOrder")
-HYPERLIQUID_CHANNELS = ("l2Book", "trades", "bbo", "activeAssetCtx")
-
-GAPS_LISTED = 50  # gaps listed one by one in describe(); all are counted
+__all__ = [
+    "CLOCK", "Backoff", "Connection", "ConnectionStats", "Emit", "EmitAt", "LiveClock", "LiveConnectionPlan",
+    "LiveFeed", "LiveSource", "PlannedFeed", "http_get", "live_source_for", "plan_feeds", "replay_recipe_for",
+]
 
 
 class LiveClock:
@@ -147,7 +136,9 @@ def http_get(url: str, timeout_s: float = 10.0) -> bytes:
 
 class Connection:
     """One websocket connection, kept up until the run stops: reconnects with backoff, re-subscribes, and
-    hands every message to ``emit``.  Subclasses say what to connect to and what to do once connected."""
+    hands every message to ``emit``.  Subclasses (written by source plugins) say what to connect to
+    (:meth:`url`) and what to do once connected (:meth:`session`); sigkit sets ``name`` and ``backoff``
+    when it plans a run."""
 
     venue = ""
 
@@ -161,7 +152,17 @@ class Connection:
         raise NotImplementedError
 
     async def session(self, ws, emit: Emit, emit_at: EmitAt) -> None:
+        """Talk to the venue over the open websocket ``ws`` until it closes: subscribe, then pass every
+        message received to ``emit`` (it stamps, records and queues it, and returns the stamp); a response
+        fetched on the side goes to ``emit`` too, or to ``emit_at`` with a stamp already taken from
+        :data:`CLOCK`.  Update ``self.stats`` as you go.  Raising (or returning) ends the session; the
+        connection is then opened again after a backoff."""
         raise NotImplementedError
+
+    def as_line(self, body: bytes) -> bytes:
+        """``body`` as one recording line: stripped, any line break replaced by a space (counted in
+        ``stats.lines_rewritten``; insignificant in JSON)."""
+        return _one_line(body, self.stats)
 
     async def run(self, emit: Emit, emit_at: EmitAt, stopping: asyncio.Event) -> None:
         from websockets.asyncio.client import connect
@@ -199,191 +200,6 @@ class Connection:
                 await asyncio.wait_for(stopping.wait(), delay)
             except TimeoutError:
                 pass
-
-
-class HyperliquidConnection(Connection):
-    """Hyperliquid: one subscription per coin and channel; ``{"method":"ping"}`` every ``ping_every_s``
-    (the server closes a connection that has been silent for 60 s)."""
-
-    venue = "hyperliquid"
-
-    def __init__(self, name: str, url: str, coins: Sequence[str], channels: Sequence[str] = HYPERLIQUID_CHANNELS,
-                 *, ping_every_s: float = 50.0, **kw):
-        super().__init__(name, **kw)
-        self._url, self.coins, self.channels, self.ping_every_s = url, tuple(coins), tuple(channels), ping_every_s
-
-    def url(self) -> str:
-        return self._url
-
-    async def session(self, ws, emit: Emit, emit_at: EmitAt) -> None:
-        for coin in self.coins:
-            for channel in self.channels:
-                await ws.send(json.dumps({"method": "subscribe", "subscription": {"type": channel, "coin": coin}}))
-        pinger = asyncio.create_task(self._ping(ws))
-        stats = self.stats
-        try:
-            while True:
-                raw = await ws.recv(decode=False)
-                stats.messages += 1
-                stats.bytes += len(raw)
-                emit(_one_line(raw, stats))
-        finally:
-            pinger.cancel()
-
-    async def _ping(self, ws) -> None:
-        while True:
-            await asyncio.sleep(self.ping_every_s)
-            await ws.send('{"method":"ping"}')
-            self.stats.pings += 1
-
-
-class _DepthIds(msgspec.Struct):
-    """The cheap part of a Binance diff-depth message: its update ids."""
-
-    U: int
-    u: int
-    pu: int | None = None
-
-
-class _DepthEnvelope(msgspec.Struct):
-    stream: str
-    data: _DepthIds
-
-
-class _SnapshotId(msgspec.Struct):
-    lastUpdateId: int  # noqa: N815 - Binance's name
-
-
-_DEPTH_IDS = msgspec.json.Decoder(_DepthEnvelope)
-_SNAPSHOT_ID = msgspec.json.Decoder(_SnapshotId)
-
-
-class BinanceConnection(Connection):
-    """Binance combined streams for one symbol, its REST depth snapshots and (futures) polled open interest.
-
-    The depth chain (``U``/``u``, futures ``pu``) is checked here cheaply, only to fetch a new snapshot
-    when it breaks; the reader does the authoritative book sync from the recorded lines.  A snapshot is
-    fetched after the first depth message of every session (after connecting and after each reconnect) and
-    after every gap; one older than the stream it must bridge is fetched again.
-    """
-
-    def __init__(self, name: str, ws_base_url: str, rest_base_url: str, market: str, symbol: str,
-                 streams: Sequence[str] | None = None, *, depth_limit: int = 1000, open_interest_every_s: float = 10.0,
-                 rest_timeout_s: float = 10.0, snapshot_retries: int = 5, **kw):
-        super().__init__(name, **kw)
-        if market not in BINANCE_DEPTH_PATH:
-            raise SigkitError(f"unknown Binance market {market!r}; expected spot, usdm or coinm")
-        self.venue = f"binance-{market}"
-        self.ws_base_url, self.rest_base_url = ws_base_url.rstrip("/"), rest_base_url.rstrip("/")
-        self.market, self.symbol = market, symbol.upper()
-        self.streams = tuple(streams) if streams else (BINANCE_STREAMS if market == "spot" else BINANCE_FUTURES_STREAMS)
-        self.depth_limit, self.open_interest_every_s = depth_limit, open_interest_every_s
-        self.rest_timeout_s, self.snapshot_retries = rest_timeout_s, snapshot_retries
-        self._prev_u: int | None = None
-        self._bridge_from: int | None = None  # first U the next snapshot must reach
-        self._fetching: asyncio.Task | None = None
-
-    def url(self) -> str:
-        low = self.symbol.lower()
-        return f"{self.ws_base_url}/stream?streams=" + "/".join(f"{low}@{s}" for s in self.streams)
-
-    def depth_url(self) -> str:
-        return f"{self.rest_base_url}{BINANCE_DEPTH_PATH[self.market]}?symbol={self.symbol}&limit={self.depth_limit}"
-
-    def open_interest_url(self) -> str | None:
-        path = BINANCE_OI_PATH.get(self.market)
-        return None if path is None else f"{self.rest_base_url}{path}?symbol={self.symbol}"
-
-    async def session(self, ws, emit: Emit, emit_at: EmitAt) -> None:
-        self._prev_u = self._bridge_from = None
-        stats = self.stats
-        poller = None
-        if self.open_interest_url() and self.open_interest_every_s > 0:
-            poller = asyncio.create_task(self._poll_open_interest(emit_at))
-        try:
-            while True:
-                raw = await ws.recv(decode=False)
-                stats.messages += 1
-                stats.bytes += len(raw)
-                line = _one_line(raw, stats)
-                local_ns = emit(line)
-                if b"@depth" in line[:64]:
-                    self._check_depth(line, local_ns, emit)
-        finally:
-            for task in (poller, self._fetching):
-                if task is not None:
-                    task.cancel()
-            self._fetching = None
-
-    def _check_depth(self, line: bytes, local_ns: int, emit: Emit) -> None:
-        try:
-            m = _DEPTH_IDS.decode(line).data
-        except Exception:  # not ours to judge: the reader reports bad lines
-            return
-        prev = self._prev_u
-        self._prev_u = m.u
-        if prev is None:
-            self._bridge_from = m.U
-        else:
-            broken = m.pu != prev if m.pu is not None else m.U != prev + 1
-            if not broken:
-                return
-            stats = self.stats
-            stats.gaps += 1
-            if len(stats.gap_list) < GAPS_LISTED:
-                stats.gap_list.append({"ts_ns": local_ns, "expected": prev, "got": m.pu if m.pu is not None else m.U - 1})
-            log.warning("%s: depth gap (previous u %d, this message %s %d); fetching a new snapshot", self.name, prev,
-                        "pu" if m.pu is not None else "U-1", m.pu if m.pu is not None else m.U - 1)
-            self._bridge_from = m.U
-        if self._fetching is None or self._fetching.done():
-            self._fetching = asyncio.create_task(self._snapshot(emit))
-
-    async def _snapshot(self, emit: Emit) -> None:
-        loop = asyncio.get_running_loop()
-        futures = self.market != "spot"
-        stats = self.stats
-        for attempt in range(self.snapshot_retries):
-            try:
-                body = await loop.run_in_executor(None, http_get, self.depth_url(), self.rest_timeout_s)
-            except Exception as err:
-                stats.snapshot_errors += 1
-                stats.last_error = f"depth snapshot: {type(err).__name__}: {err}"
-                await asyncio.sleep(min(0.25 * 2 ** attempt, 5.0))
-                continue
-            line = _one_line(body, stats)
-            emit(line)
-            stats.snapshots += 1
-            try:
-                last_id = _SNAPSHOT_ID.decode(line).lastUpdateId
-            except Exception:
-                return
-            need = self._bridge_from if futures or self._bridge_from is None else self._bridge_from - 1
-            if need is None or last_id >= need:
-                return
-            stats.stale_snapshots += 1  # older than the first buffered diff: it cannot bridge; try a newer one
-            await asyncio.sleep(min(0.25 * 2 ** attempt, 5.0))
-
-    async def _poll_open_interest(self, emit_at: EmitAt) -> None:
-        """Poll ``openInterest`` and record it as a line the Binance reader parses (see docs/live.md)."""
-        loop = asyncio.get_running_loop()
-        stream = f"{self.symbol.lower()}@openInterest"
-        while True:
-            try:
-                body = await loop.run_in_executor(None, http_get, self.open_interest_url(), self.rest_timeout_s)
-                reply = json.loads(body)
-                local_ns = CLOCK.now_ns()
-                data = {"e": "openInterest", "E": local_ns // 1_000_000, "s": reply.get("symbol", self.symbol),
-                        "openInterest": reply["openInterest"], "time": reply.get("time")}
-                if "pair" in reply:  # COIN-M also names the pair and the contract type
-                    data["ps"] = reply["pair"]
-                emit_at(local_ns, json.dumps({"stream": stream, "data": data}, separators=(",", ":")).encode())
-                self.stats.open_interest_polls += 1
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                self.stats.open_interest_errors += 1
-                self.stats.last_error = f"open interest: {type(err).__name__}: {err}"
-            await asyncio.sleep(self.open_interest_every_s)
 
 
 # --- feeding readers ---------------------------------------------------------------------------------
@@ -731,16 +547,27 @@ class LiveSource:
 
 # --- from a recipe -----------------------------------------------------------------------------------
 
+#: The source hook that gives a data entry's live connections (see :class:`sigkit.hookspecs.SourceHooks`).
+LIVE_HOOK = "live_connections"
+#: The ``path`` a source is built with, to plan, when its data entry has none (never opened).
+PLANNING_PATH = "<live>"
+
+
 @attrs.frozen
-class Endpoints:
-    """Where to connect: the public endpoints by default; tests point them at loopback servers."""
+class LiveConnectionPlan:
+    """One connection a source's ``live_connections()`` asks for, and how to read what it records.
 
-    binance_ws: dict = attrs.Factory(dict)  # market (spot, usdm, coinm) -> base url; unset: BINANCE_WS
-    binance_rest: dict = attrs.Factory(dict)  # market -> base url; unset: BINANCE_REST
-    hyperliquid_ws: str = HYPERLIQUID_WS
+    ``connection`` is a :class:`Connection` (sigkit renames it after its recording and gives it its
+    backoff); ``name`` is the recording's base name, e.g. ``binance-usdm_BTCUSDT`` (made file-safe, with
+    ``.gz`` appended, and numbered when two connections would share it); ``params`` are the source's params
+    that read the recording (sigkit sets their ``path``); ``part`` tells apart the connections of one data
+    entry in the replay's source labels (``<label>:<part>``).
+    """
 
-    def binance(self, market: str) -> tuple[str, str]:
-        return self.binance_ws.get(market, BINANCE_WS[market]), self.binance_rest.get(market, BINANCE_REST[market])
+    connection: Connection
+    name: str
+    params: Any
+    part: str = ""
 
 
 @attrs.frozen
@@ -751,9 +578,7 @@ class PlannedFeed:
     file_name: str
     spec: Any  # the SourceSpec
     params: Any  # the entry's params for this connection; ``path`` is set to the recording file
-    kind: str  # "binance" or "hyperliquid"
-    market: str | None = None
-    symbols: tuple[str, ...] = ()
+    connection: Connection
     where: tuple[int, int] | None = None
 
 
@@ -761,12 +586,22 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
 
 
+def _planner(recipe, entry) -> Callable[[], Any] | None:
+    """The bound ``live_connections`` of the source a data entry builds, or None if it has none."""
+    factory, params = entry.spec.factory, entry.params
+    if isinstance(factory, type) and inspect.getattr_static(factory, LIVE_HOOK, None) is None:
+        return None  # known without building it
+    if attrs.has(type(params)) and getattr(params, "path", PLANNING_PATH) is None:
+        params = attrs.evolve(params, path=PLANNING_PATH)
+    return getattr(factory(params, recipe.context(entry.label)), LIVE_HOOK, None)
+
+
 def plan_feeds(recipe) -> list[PlannedFeed]:
     """The connections a recipe's data section asks for, one per recording file, in recipe order.
 
-    ``source: binance`` with ``venue`` binance-spot / binance-usdm / binance-coinm (or a ``market``
-    parameter) and ``symbols``: one connection per symbol.  ``source: hyperliquid`` with ``coins``: one
-    connection for all its coins.  Both must read on the ``local`` clock.
+    Each data entry's source is built (with a placeholder ``path`` if it has none) and asked for its
+    ``live_connections()``; a source without that hook has no live mode.  Every entry must read on the
+    ``local`` clock (live mode stamps the receive time).
     """
     planned: list[PlannedFeed] = []
     for entry in recipe.sources:
@@ -774,31 +609,30 @@ def plan_feeds(recipe) -> list[PlannedFeed]:
         where = f"{recipe.path}: data entry {entry.label!r}"
         if getattr(params, "clock", "local") != "local":
             raise RecipeError(f"{where}: live mode reads on the local receive clock; remove `clock: exchange`")
-        if name == "binance":
-            market = getattr(params, "market", None) or BINANCE_MARKETS.get(params.venue)
-            if market not in BINANCE_DEPTH_PATH:
-                raise RecipeError(f"{where}: live mode cannot tell the Binance market from venue {params.venue!r}; "
-                                  "use venue binance-spot, binance-usdm or binance-coinm")
-            if not params.symbols:
-                raise RecipeError(f"{where}: live mode needs `symbols`, e.g. symbols: [BTCUSDT]")
-            for symbol in params.symbols:
-                symbol = symbol.upper()
-                planned.append(PlannedFeed(f"{entry.label}:{symbol}", f"{_safe(params.venue)}_{_safe(symbol)}.gz",
-                                           entry.spec, attrs.evolve(params, symbols=(symbol,)), "binance", market,
-                                           (symbol,), entry.where))
-        elif name == "hyperliquid":
-            coins = getattr(params, "coins", None)
-            if not coins:
-                raise RecipeError(f"{where}: live mode needs `coins`, e.g. coins: [BTC]")
-            planned.append(PlannedFeed(entry.label, f"{_safe(params.venue)}_{'-'.join(_safe(c) for c in coins)}.gz",
-                                       entry.spec, params, "hyperliquid", None, tuple(coins), entry.where))
-        else:
-            raise RecipeError(f"{where}: source {name!r} has no live mode (live: binance, hyperliquid)")
+        planner = _planner(recipe, entry)
+        if planner is None:
+            raise RecipeError(f"{where}: source {name!r} has no live mode (it does not implement "
+                              f"{LIVE_HOOK}())")
+        try:
+            plans = list(planner())
+        except SigkitError as err:
+            raise RecipeError(f"{where}: {err}") from None
+        if not plans:
+            raise RecipeError(f"{where}: source {name!r} asks for no live connection")
+        for plan in plans:
+            if not (isinstance(plan, LiveConnectionPlan) and isinstance(plan.connection, Connection)):
+                raise PluginError(f"source {name!r}: {LIVE_HOOK}() must return sigkit.live.LiveConnectionPlan "
+                                  f"items holding a sigkit.live.Connection; got {plan!r}")
+            label = f"{entry.label}:{plan.part}" if plan.part else entry.label
+            planned.append(PlannedFeed(label, f"{_safe(plan.name)}.gz", entry.spec, plan.params, plan.connection,
+                                       entry.where))
     seen: dict[str, int] = {}
     out = []
     for p in planned:  # the same venue and symbol twice: number the files
         n = seen[p.file_name] = seen.get(p.file_name, 0) + 1
-        out.append(p if n == 1 else attrs.evolve(p, file_name=p.file_name.replace(".gz", f"_{n}.gz")))
+        p = p if n == 1 else attrs.evolve(p, file_name=p.file_name.replace(".gz", f"_{n}.gz"))
+        p.connection.name = p.file_name[:-3]
+        out.append(p)
     return out
 
 
@@ -809,32 +643,19 @@ def _entry_plain(p: PlannedFeed, path: Path) -> dict:
 
 
 def live_source_for(recipe, *, record_dir: str | Path | None = None, duration_s: float | None = None,
-                    endpoints: Endpoints | None = None, streams: Sequence[str] | dict | None = None,
-                    channels: Sequence[str] = HYPERLIQUID_CHANNELS, open_interest_every_s: float = 10.0,
-                    backoff: Backoff | None = None, ping_every_s: float = 50.0, **source_kw) -> LiveSource:
+                    backoff: Backoff | None = None, **source_kw) -> LiveSource:
     """The :class:`LiveSource` for a recipe's data section (see :func:`plan_feeds`).
 
-    Each connection's reader is built through the source plugin's own factory, with the entry's params and
-    ``path`` set to the connection's recording file.  ``streams`` (Binance stream suffixes such as
-    ``depth@100ms``) is one list for every market or a dict by market (spot, usdm, coinm); unset: the
-    defaults, :data:`BINANCE_STREAMS` and, for futures, :data:`BINANCE_FUTURES_STREAMS`.
+    Each connection's reader is built through the source plugin's own factory, with the connection's params
+    and ``path`` set to the connection's recording file.  Where to connect and what to subscribe are the
+    data entries' own parameters (e.g. ``ws_url``).  ``backoff`` replaces the default reconnect delays (each
+    connection gets its own seed); ``source_kw`` go to :class:`LiveSource`.
     """
-    endpoints = endpoints or Endpoints()
     feeds = []
     base = Path(record_dir) if record_dir is not None else Path("<live>")
     for k, p in enumerate(plan_feeds(recipe)):
-        kw = {"backoff": attrs.evolve(backoff, seed=k) if backoff is not None else Backoff(seed=k)}
-        if p.kind == "binance":
-            ws_url, rest_url = endpoints.binance(p.market)
-            ws_url, rest_url = p.params.ws_url or ws_url, p.params.rest_url or rest_url  # the recipe's own
-            wanted = streams.get(p.market) if isinstance(streams, dict) else streams
-            conn = BinanceConnection(p.file_name[:-3], ws_url, rest_url, p.market, p.symbols[0], wanted,
-                                     open_interest_every_s=open_interest_every_s, **kw)
-        else:
-            url = p.params.ws_url or endpoints.hyperliquid_ws
-            conn = HyperliquidConnection(p.file_name[:-3], url, p.symbols, channels,
-                                         ping_every_s=ping_every_s, **kw)
-        feeds.append(LiveFeed(conn, _reader_factory(recipe, p), p.file_name, p.label,
+        p.connection.backoff = attrs.evolve(backoff, seed=k) if backoff is not None else Backoff(seed=k)
+        feeds.append(LiveFeed(p.connection, _reader_factory(recipe, p), p.file_name, p.label,
                               _entry_plain(p, base / p.file_name)))
     manifest = {"recipe": str(recipe.path), "recipe_sha256": recipe.sha256}
     return LiveSource(feeds, duration_s=duration_s, record_dir=record_dir, manifest=manifest, **source_kw)

@@ -242,7 +242,7 @@ def _registrar(registry: Registry, kind: str, info: PluginInfo) -> Callable[[_Sp
 _HOOK_PREFIXES = {
     "model": ("on_", "predict", "record_", "describe"),
     "combiner": ("combine", "record_", "on_", "describe"),
-    "source": ("chunks", "span", "describe"),
+    "source": ("chunks", "span", "describe", "live_"),
 }
 
 

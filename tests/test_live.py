@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sigkit_binance.live import BinanceConnection
+from sigkit_hyperliquid.live import HyperliquidConnection
+
 from sigkit.engine import Labelling, Replay
-from sigkit.live import (
-    CLOCK, Backoff, BinanceConnection, Endpoints, LiveFeed, LiveSource, live_source_for, plan_feeds,
-    replay_recipe_for,
-)
+from sigkit.live import CLOCK, Backoff, LiveFeed, LiveSource, live_source_for, plan_feeds, replay_recipe_for
 from sigkit.plugins import build_registry
 from sigkit.recipe import instantiate, load_recipe
 
@@ -36,14 +36,14 @@ data:
   - source: binance
     path: placeholder.gz
     venue: binance-usdm
-    symbols: [BTCUSDT]
+    symbols: [BTCUSDT]<usdm>
   - source: binance
     path: placeholder.gz
     venue: binance-spot
-    symbols: [BTCUSDT]
+    symbols: [BTCUSDT]<spot>
   - source: hyperliquid
     path: placeholder.gz
-    coins: [BTC]
+    coins: [BTC]<hyperliquid>
 target: {venue: binance-usdm, symbol: BTCUSDT}
 fills: public
 horizon: 1s
@@ -65,10 +65,22 @@ def reader_parse():
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
-def recipe_at(tmp_path: Path, registry):
+def recipe_at(tmp_path: Path, registry, venues: FakeVenues | None = None):
+    """The test recipe; with ``venues``, its data entries point at those loopback servers (``ws_url``,
+    ``rest_url``), subscribe to the streams the recording has and poll open interest every 200 ms."""
     (tmp_path / "placeholder.gz").write_bytes(b"")
     path = tmp_path / "live.yaml"
-    path.write_text(RECIPE)
+    extra = {"usdm": "", "spot": "", "hyperliquid": ""}
+    if venues is not None:
+        for k, market in enumerate(("usdm", "spot")):
+            extra[market] = (f"\n    ws_url: {venues.urls[k]}\n    rest_url: {venues.rest_urls[k]}"
+                             f"\n    streams: [{', '.join(STREAMS[market])}]")
+        extra["usdm"] += "\n    open_interest_every: 200ms"
+        extra["hyperliquid"] = f"\n    ws_url: {venues.urls[2] if len(venues.urls) > 2 else 'ws://127.0.0.1:9'}"
+    text = RECIPE
+    for market, lines in extra.items():
+        text = text.replace(f"<{market}>", lines)
+    path.write_text(text)
     return load_recipe(path, registry)
 
 
@@ -109,12 +121,6 @@ def fakes(*, drop_after=None, skip_depth=None, hyperliquid=True):
     return out
 
 
-def endpoints(venues: FakeVenues) -> Endpoints:
-    return Endpoints(binance_ws={"usdm": venues.urls[0], "spot": venues.urls[1]},
-                     binance_rest={"usdm": venues.rest_urls[0], "spot": venues.rest_urls[1]},
-                     hyperliquid_ws=venues.urls[2] if len(venues.urls) > 2 else "ws://127.0.0.1:9")
-
-
 def stop_when_served(venues: FakeVenues, live: LiveSource, grace_s: float = 0.4) -> threading.Thread:
     """Stop the live run (as a SIGTERM handler would) once every fake has served its slice."""
     def wait():
@@ -128,13 +134,11 @@ def stop_when_served(venues: FakeVenues, live: LiveSource, grace_s: float = 0.4)
 
 
 def live_and_replay(tmp_path, registry, *, slow_s=0.0, **fault):
-    recipe = recipe_at(tmp_path, registry)
     record = tmp_path / "rec"
     venues_list = fakes(**fault)
     with FakeVenues(*venues_list) as venues:
-        live = live_source_for(recipe, record_dir=record, endpoints=endpoints(venues),
-                               streams=STREAMS, open_interest_every_s=0.2,
-                               backoff=Backoff(initial_s=0.05, max_s=0.2), duration_s=25)
+        recipe = recipe_at(tmp_path, registry, venues)
+        live = live_source_for(recipe, record_dir=record, backoff=Backoff(initial_s=0.05, max_s=0.2), duration_s=25)
         stopper = stop_when_served(venues, live)
         live_result = replay_of(recipe, [("live", live)], slow_s=slow_s).run()
         stopper.join(1)
@@ -204,10 +208,32 @@ def test_combined_stream_and_rest_urls():
 
 def test_recipe_data_entries_become_connections(tmp_path, reader_parse):
     planned = plan_feeds(recipe_at(tmp_path, reader_parse))
-    assert [(p.kind, p.market, p.symbols, p.file_name) for p in planned] == [
-        ("binance", "usdm", ("BTCUSDT",), "binance-usdm_BTCUSDT.gz"),
-        ("binance", "spot", ("BTCUSDT",), "binance-spot_BTCUSDT.gz"),
-        ("hyperliquid", None, ("BTC",), "hyperliquid_BTC.gz")]
+    kinds = [(p.spec.name, type(p.connection), getattr(p.connection, "market", None),
+              getattr(p.connection, "symbol", None) or p.connection.coins, p.params.symbols if p.spec.name == "binance"
+              else p.params.coins, p.file_name, p.connection.name) for p in planned]
+    assert kinds == [
+        ("binance", BinanceConnection, "usdm", "BTCUSDT", ("BTCUSDT",), "binance-usdm_BTCUSDT.gz", "binance-usdm_BTCUSDT"),
+        ("binance", BinanceConnection, "spot", "BTCUSDT", ("BTCUSDT",), "binance-spot_BTCUSDT.gz", "binance-spot_BTCUSDT"),
+        ("hyperliquid", HyperliquidConnection, None, ("BTC",), ("BTC",), "hyperliquid_BTC.gz", "hyperliquid_BTC")]
+    # No ws_url / rest_url / streams in the recipe: the venues' public endpoints and default streams.
+    assert planned[0].connection.url() == ("wss://fstream.binance.com/stream?streams=btcusdt@trade/btcusdt@bookTicker/"
+                                           "btcusdt@depth@100ms/btcusdt@forceOrder")
+    assert planned[0].connection.depth_url() == "https://fapi.binance.com/fapi/v1/depth?symbol=BTCUSDT&limit=1000"
+    assert planned[0].connection.open_interest_every_s == 10.0
+    assert planned[1].connection.url().startswith("wss://stream.binance.com:9443/stream?streams=btcusdt@trade/")
+    assert planned[2].connection.url() == "wss://api.hyperliquid.xyz/ws"
+
+
+def test_a_source_without_live_connections_has_no_live_mode(tmp_path, reader_parse):
+    from sigkit.errors import RecipeError
+
+    (tmp_path / "r.yaml").write_text(CLI_RECIPE.replace("source: binance", "source: simulate").replace(
+        "    venue: binance-spot\n    symbols: [BTCUSDT]\n", "    duration: 1m\n"))
+    with pytest.raises(RecipeError, match="source 'simulate' has no live mode"):
+        plan_feeds(load_recipe(tmp_path / "r.yaml", reader_parse))
+    (tmp_path / "b.yaml").write_text(CLI_RECIPE.replace("    symbols: [BTCUSDT]\n", ""))
+    with pytest.raises(RecipeError, match="live mode needs `symbols`"):
+        plan_feeds(load_recipe(tmp_path / "b.yaml", reader_parse))
 
 
 @needs_data
@@ -318,21 +344,20 @@ models:
 
 
 @needs_data
-def test_cli_live_run_records_and_its_replay_gives_the_same_predictions(tmp_path, monkeypatch):
+def test_cli_live_run_records_and_its_replay_gives_the_same_predictions(tmp_path):
     """`sigkit run --live --duration --record` end to end (against a loopback Binance spot), then `sigkit run`
     over the recording: the same predictions.csv, byte for byte."""
     import json
 
     from click.testing import CliRunner
 
-    import sigkit.live
     from sigkit.cli import main
 
-    (tmp_path / "live.yaml").write_text(CLI_RECIPE)
     runner = CliRunner()
     with FakeVenues(FakeBinance(DATA / "spot_btcusdt_20240808.gz", "spot", lines=1500, speed=10.0)) as venues:
-        monkeypatch.setitem(sigkit.live.BINANCE_WS, "spot", venues.urls[0])
-        monkeypatch.setitem(sigkit.live.BINANCE_REST, "spot", venues.rest_urls[0])
+        (tmp_path / "live.yaml").write_text(CLI_RECIPE.replace(
+            "    symbols: [BTCUSDT]\n",
+            f"    symbols: [BTCUSDT]\n    ws_url: {venues.urls[0]}\n    rest_url: {venues.rest_urls[0]}\n"))
         live = runner.invoke(main, ["run", str(tmp_path / "live.yaml"), "--live", "--duration", "4s", "--record",
                                     str(tmp_path / "rec"), "--report-every", "1s", "--out", str(tmp_path / "a"),
                                     "--quiet"])

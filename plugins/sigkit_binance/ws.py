@@ -162,6 +162,11 @@ class BinanceParams:
                                                 "for the spot testnet); unset: the venue's public endpoint")
     rest_url: str | None = sigkit.param(None, doc="--live only: the REST base url for depth snapshots and open "
                                                   "interest; unset: the venue's public endpoint")
+    streams: tuple[str, ...] | None = sigkit.param(None, doc="--live only: the stream suffixes subscribed per "
+                                                            "symbol (e.g. [trade, bookTicker, depth@100ms]); unset: "
+                                                            "trade, bookTicker, depth@100ms, and forceOrder on futures")
+    open_interest_every_ns: int = sigkit.duration("10s", doc="--live only, futures: how often open interest is "
+                                                             "polled over REST")
 
 
 def _split_seconds_prefix(line: bytes) -> tuple[int, bytes]:
@@ -590,6 +595,13 @@ class BinanceWs:
                 yield lineno, epoch_seconds_ns(when), symbol.decode("ascii").upper(), _SNAPSHOT.decode(body)
             except (ValueError, msgspec.MsgspecError) as err:
                 bad(lineno, _why(err), f"{err}: {line[:80]!r}")
+
+    # -- live mode ------------------------------------------------------------------------------------
+    def live_connections(self):
+        """``sigkit run --live``: one connection per symbol (see :mod:`sigkit_binance.live`)."""
+        from . import live
+
+        return live.plan(self.params)
 
     # -- reporting ------------------------------------------------------------------------------------
     def describe(self) -> dict:

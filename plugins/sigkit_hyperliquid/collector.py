@@ -35,7 +35,6 @@ import numpy as np
 import pyarrow as pa
 
 import sigkit
-from sigkit.engine import merge_chunks
 from sigkit.events import check_market_name
 from sigkit.events import BOOK, DEPTH_LEVELS, SYMBOL_CHARS, TRADE, empty_chunk
 from sigkit.feeds import BadLines, open_lines
@@ -360,7 +359,7 @@ class HyperliquidCsv:
     def chunks(self) -> Iterator[np.ndarray]:
         self.files = [_File(self, kind, path) for kind, path in self.paths.items()]
         # The engine's own merge: equal times keep the files' order (orderbooks, prices, trades), then row order.
-        for chunk in merge_chunks([(f.kind, f.chunks()) for f in self.files]):
+        for chunk in sigkit.merge_chunks([(f.kind, f.chunks()) for f in self.files]):
             if self.first_ns is None:
                 self.first_ns = int(chunk["ts_ns"][0])
             self.last_ns = int(chunk["ts_ns"][-1])

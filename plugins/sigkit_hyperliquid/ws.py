@@ -328,6 +328,12 @@ class Hyperliquid:
             if not self.builder.trade(lineno, local_ns, time_ms * _MS, self.params.venue, coin, side, price, size):
                 break  # the line was reported (time went backwards): once, not once per trade
 
+    def live_connections(self):
+        """``sigkit run --live``: one connection for all the entry's coins (see :mod:`sigkit_hyperliquid.live`)."""
+        from . import live
+
+        return live.plan(self.params)
+
     def describe(self):
         return describe_reader("hyperliquid", self.path, self.builder, self.bad,
                                messages=dict(sorted(self.messages.items())),
