@@ -182,18 +182,17 @@ class _Reader:
             raise self.error(err.message, self.value_at(node, key)) from None
 
 
-def load_recipe(path: str | Path, registry: Registry) -> Recipe:
-    """Read and validate a recipe.  Raises :class:`RecipeError` (or DataError) with file:line:column."""
-    path = Path(path)
+def read_yaml(path: Path, what: str) -> tuple[str, Any]:
+    """A YAML file's text and round-trip document (with line and column marks), or a :class:`RecipeError`
+    naming the file, line and column (``what``: "recipe", "sweep file"...)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RecipeError(f"{path}: no such recipe file") from None
+        raise RecipeError(f"{path}: no such {what}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: cannot read recipe: {err}") from None
-    yaml = YAML(typ="rt")
+        raise RecipeError(f"{path}: cannot read {what}: {err}") from None
     try:
-        doc = yaml.load(text)
+        return text, YAML(typ="rt").load(text)
     except MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         problem = (err.problem or err.context or "malformed YAML").strip()
@@ -201,6 +200,12 @@ def load_recipe(path: str | Path, registry: Registry) -> Recipe:
                           line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
     except YAMLError as err:
         raise RecipeError(f"malformed YAML: {err}", path=str(path)) from None
+
+
+def load_recipe(path: str | Path, registry: Registry) -> Recipe:
+    """Read and validate a recipe.  Raises :class:`RecipeError` (or DataError) with file:line:column."""
+    path = Path(path)
+    text, doc = read_yaml(path, "recipe file")
     r = _Reader(path, registry)
     if doc is None:
         raise RecipeError("recipe is empty", path=str(path), line=1, column=1,

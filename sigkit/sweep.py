@@ -61,27 +61,10 @@ def load_sweep(path: str | Path) -> tuple[str, list[Job]]:
 
     Raises :class:`RecipeError` with ``file:line:column`` for a malformed file.  Only the recipe files are
     checked here; data files are opened by the workers, so a missing one fails that job alone."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
-    from sigkit.recipe import _Reader
+    from sigkit.recipe import _Reader, read_yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: no such sweep file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: cannot read sweep file: {err}") from None
-    try:
-        doc = YAML(typ="rt").load(text)
-    except MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        problem = (err.problem or err.context or "malformed YAML").strip()
-        raise RecipeError(f"malformed YAML: {problem}", path=str(path),
-                          line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
-    except YAMLError as err:
-        raise RecipeError(f"malformed YAML: {err}", path=str(path)) from None
+    _, doc = read_yaml(path, "sweep file")
     r = _Reader(path, registry=None)
     if doc is None:
         raise RecipeError("sweep file is empty", path=str(path), line=1, column=1,
