@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from sigkit.errors import SigkitError
+from sigkit.sweep import EXECUTORS
 
 EXIT_USER_ERROR = 2
 
@@ -635,9 +636,106 @@ def plugins(as_json: bool) -> None:
         click.echo(f"FAILED  {failure}")
 
 
-from sigkit.sweep import sweep as _sweep  # noqa: E402 - sigkit.sweep imports only click and ruamel at the top
+@main.command("sweep")
+@click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--executor", type=click.Choice(EXECUTORS), default=None,
+              help="Where jobs run: here one by one, in local processes, or on Dask  "
+                   "[default: processes; dask when --scheduler is given]")
+@click.option("--workers", "-j", type=int, default=None,
+              help="Processes (or LocalCluster workers) to use  [default: one per core]")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --executor dask).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for sweep.json and one report folder per job  [default: sigkit-runs/<sweep name>]")
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no tables; errors still print.")
+@click.pass_context
+def sweep(ctx: click.Context, sweep_file: Path, executor: str | None, workers: int | None, scheduler: str | None,
+          out_dir: Path | None, quiet: bool) -> None:
+    """Run every job of SWEEP_FILE (recipes x seeds x data) in parallel and merge the results.
 
-main.add_command(_sweep)
+    Each job is one replay, exactly as `sigkit run` would do it, written to OUT/<job id>/; OUT/sweep.json
+    holds every job's scores and the spread of each model's skill across jobs, identical whatever the
+    executor.  A job that fails on its input (a missing data file) is reported and the others go on.
+    Exit code 0 when every job completed, 2 when one failed on its input, 1 when one hit a bug.
+
+    \b
+    Examples:
+      sigkit sweep sweeps/seeds.yaml --workers 4
+      sigkit sweep sweeps/days.yaml --scheduler tcp://10.0.0.5:8786 --out /shared/runs/days
+    """
+    from sigkit.sweep import load_sweep, run_sweep, write_merged
+
+    root = ctx.find_root().obj if ctx.find_root() is not None else None
+    builtins_only = bool(root and root.get("builtins_only"))
+    name, jobs = load_sweep(sweep_file)
+    executor = executor or ("dask" if scheduler else "processes")
+    out_dir = out_dir or Path("sigkit-runs") / name
+    with _sweep_progress(len(jobs), quiet) as on_done:
+        merged = run_sweep(jobs, executor=executor, workers=workers, scheduler=scheduler, out_dir=out_dir,
+                           builtins_only=builtins_only, name=name, on_done=on_done)
+    path = write_merged(out_dir / "sweep.json", merged)
+    if not quiet:
+        _print_sweep_tables(merged)
+    for job in merged["jobs"]:
+        if job["status"] != "ok":
+            first = job["error"].rstrip().splitlines()[-1] if job["status"] == "error" else job["error"]
+            click.echo(f"{'failed' if job['status'] == 'failed' else 'bug in'} {job['id']}: {first}", err=True)
+    counts = merged["counts"]
+    click.echo(f"{counts['ok']}/{counts['jobs']} jobs done in {merged['timing']['elapsed_s']:.1f}s "
+               f"({executor}, {merged['timing']['workers']} workers); wrote {path}", err=quiet)
+    if counts["errors"]:
+        ctx.exit(1)
+    if counts["failed"]:
+        ctx.exit(2)
+
+
+def _sweep_progress(total: int, quiet: bool):
+    """``on_done`` for :func:`run_sweep` that advances a 'jobs done / total' bar on stderr."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def manager():
+        if quiet:
+            yield None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("jobs"),
+                      TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=Console(stderr=True),
+                      transient=True) as bar:
+            task = bar.add_task("sweep", total=total, last="")
+            yield lambda outcome: bar.update(task, advance=1, last=f"{outcome['id']}: {outcome['status']}")
+
+    return manager()
+
+
+def _print_sweep_tables(merged: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sigkit.report import _num
+
+    console = Console()
+    jobs = Table(title=f"sweep {merged['name']}: {merged['counts']['ok']}/{merged['counts']['jobs']} jobs")
+    for column in ("job", "model", "n", "bss", "skill_t", "edge", "brier", "log_loss"):
+        jobs.add_column(column, justify="left" if column in ("job", "model") else "right")
+    for job in merged["jobs"]:
+        if job["status"] != "ok":
+            jobs.add_row(job["id"], f"[red]{job['status']}[/red]", *[""] * 6)
+            continue
+        for i, (model_id, s) in enumerate(job["scores"].items()):
+            jobs.add_row(job["id"] if i == 0 else "", model_id, str(s["n"]), _num(s["bss"], 3), _num(s["skill_t"], 1),
+                         "yes" if s["edge"] else "no", _num(s["brier"], 4), _num(s["log_loss"], 4))
+        jobs.add_section()
+    console.print(jobs)
+    summary = Table(title="across jobs")
+    for column in ("model", "jobs", "bss mean", "sd", "min", "max", "with edge"):
+        summary.add_column(column, justify="left" if column == "model" else "right")
+    for model_id, s in merged["summary"]["models"].items():
+        summary.add_row(model_id, str(s["jobs"]), _num(s["bss_mean"], 3), _num(s["bss_sd"], 3), _num(s["bss_min"], 3),
+                        _num(s["bss_max"], 3), f"{s['jobs_with_edge']}/{s['jobs']}")
+    console.print(summary)
 
 
 if __name__ == "__main__":  # pragma: no cover
