@@ -294,15 +294,22 @@ def test_slow_consumer_loses_nothing_and_reports_its_lag(tmp_path, reader_parse)
     assert described["backlog"]["max_lines"] > 10
 
 
-def test_a_venue_that_stays_down_does_not_stop_the_others(tmp_path, reader_parse):
-    """Nothing listens on the port: the connection retries with backoff until the run ends on time."""
-    recipe = recipe_at(tmp_path, reader_parse)
+def _down_feed(recipe) -> LiveFeed:
+    """A Binance USD-M feed whose port nothing listens on, retrying fast, recorded as down.gz."""
     plan = plan_feeds(recipe)[0]
     down = BinanceConnection("down", "ws://127.0.0.1:9", "http://127.0.0.1:9", "usdm", "BTCUSDT",
                              backoff=Backoff(initial_s=0.02, max_s=0.05), open_timeout_s=0.5)
-    make = lambda path: plan.spec.factory(plan.params.__class__(path=str(path), venue="binance-usdm"),  # noqa: E731
-                                          recipe.context("down"))
-    live = LiveSource([LiveFeed(down, make, "down.gz")], duration_s=0.6, record_dir=tmp_path / "rec")
+
+    def make(path):
+        return plan.spec.factory(plan.params.__class__(path=str(path), venue="binance-usdm"), recipe.context("down"))
+
+    return LiveFeed(down, make, "down.gz")
+
+
+def test_a_venue_that_stays_down_does_not_stop_the_others(tmp_path, reader_parse):
+    """Nothing listens on the port: the connection retries with backoff until the run ends on time."""
+    down = _down_feed(recipe_at(tmp_path, reader_parse))
+    live = LiveSource([down], duration_s=0.6, record_dir=tmp_path / "rec")
     started = time.monotonic()
     assert list(live.chunks()) == []
     assert time.monotonic() - started < 3
@@ -314,14 +321,9 @@ def test_a_venue_that_stays_down_does_not_stop_the_others(tmp_path, reader_parse
 
 def test_should_stop_ends_a_run_that_receives_nothing(tmp_path, reader_parse):
     """The CLI's SIGTERM flag is polled even while no data arrives (the engine never gets a chunk to stop at)."""
-    recipe = recipe_at(tmp_path, reader_parse)
-    plan = plan_feeds(recipe)[0]
-    down = BinanceConnection("down", "ws://127.0.0.1:9", "http://127.0.0.1:9", "usdm", "BTCUSDT",
-                             backoff=Backoff(initial_s=0.02, max_s=0.05), open_timeout_s=0.5)
-    make = lambda path: plan.spec.factory(plan.params.__class__(path=str(path), venue="binance-usdm"),  # noqa: E731
-                                          recipe.context("down"))
+    down = _down_feed(recipe_at(tmp_path, reader_parse))
     deadline = time.monotonic() + 0.3
-    live = LiveSource([LiveFeed(down, make, "down.gz")], duration_s=60,
+    live = LiveSource([down], duration_s=60,
                       should_stop=lambda: "stopped by SIGTERM" if time.monotonic() > deadline else None)
     assert list(live.chunks()) == []
     assert time.monotonic() - deadline < 2
