@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from sigkit.batch import Batch, BatchPredictions, FillSlots, MarketCodes
 from sigkit.context import Market, RunContext
 from sigkit.errors import DataError, DurationError, ModelError, PluginError, RecipeError, SigkitError
 from sigkit.events import (
@@ -44,8 +45,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "PLUGIN_API_VERSION", "REGIME_DIMENSIONS", "ASK", "BID", "BOOK", "BUY", "DEPTH_LEVELS", "EVENT_DTYPE", "FILL", "SELL", "STAT",
-    "TRADE", "BookUpdate", "CombinerSpec", "ConditionalCost", "DataError", "DurationError", "FillQuery",
-    "LearnedState", "Market", "NewtonLogistic", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PendingFills", "PluginError",
+    "TRADE", "Batch", "BatchPredictions", "BookUpdate", "CombinerSpec", "ConditionalCost", "DataError", "DurationError", "FillQuery", "FillSlots",
+    "LearnedState", "Market", "MarketCodes", "NewtonLogistic", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PendingFills", "PluginError",
     "Prediction", "RecipeError", "RegimeTracker", "RunContext", "RunningBaseRate", "SigkitError", "SourceSpec", "Trade",
     "duration", "empty_chunk", "evidence_confidence", "format_duration", "hookimpl", "label_outcome",
     "logit", "markout_bps", "new_rows", "param", "parse_duration", "path", "row_to_record", "sigmoid",

@@ -21,7 +21,6 @@ Ordering rules (what "causal" means here, and what the no-look-ahead tests check
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,11 +32,11 @@ import numpy as np
 
 from sigkit.context import Market
 from sigkit.errors import DataError, ModelError, PluginError, SigkitError
+from sigkit.batch import EVENT, OUTCOME, QUERY, Batch, BatchPredictions, MarketCodes
 from sigkit.events import (
-    BOOK, EVENT_DTYPE, FILL, STAT, TRADE, BookUpdate, FillQuery, MarketStat, Prediction, Trade,
+    BOOK, EVENT_DTYPE, FILL, STAT, TRADE, BookUpdate, FillQuery, MarketStat, Outcome, Prediction, Trade,
 )
-from sigkit.labels import label_outcome, markout_bps
-from sigkit.learn import RunningBaseRate, capture_state, restore_state
+from sigkit.learn import capture_state, restore_state
 from sigkit.plugins import resolve_hooks
 
 
@@ -170,8 +169,12 @@ class Replay:
     def __init__(self, *, sources: Sequence[tuple[str, Any]], models: Sequence[tuple[str, Any]],
                  ensembles: Sequence[tuple[str, Any, Sequence[str]]] = (), target: Market, labelling: Labelling,
                  public_fills: bool = True, snapshot_interval_ns: int | None = None,
-                 provenance: dict[str, str] | None = None, on_error: str = "stop", identity: dict | None = None):
+                 provenance: dict[str, str] | None = None, on_error: str = "stop", identity: dict | None = None,
+                 path: str = "batch"):
         self.target = target
+        if path not in ("batch", "per-event"):
+            raise SigkitError(f"path must be 'batch' or 'per-event', not {path!r}")
+        self.path = path  # "per-event": call the per-event hooks even of models that have on_batch
         self.labelling = labelling
         self.public_fills = public_fills
         self.snapshot_interval_ns = snapshot_interval_ns  # how often describe() is recorded (None: only at the end)
@@ -326,138 +329,422 @@ class Replay:
             raise DataError(f"source {label!r} failed: {type(err).__name__}: {err}") from err
 
 
+class _Columns:
+    """Growable numpy columns, one entry per fill (the run's results and what outcomes need)."""
+
+    def __init__(self, n_horizons: int, n_models: int, n_ensembles: int):
+        self.n = 0
+        self.cap = 0
+        self.shapes = {"ts": (np.int64, ()), "market": (np.int32, ()), "side": (np.int8, ()),
+                       "price": (float, ()), "size": (float, ()), "mid": (float, ()), "p_ref": (float, ()),
+                       "truth": (float, ()), "was_adverse": (float, ()), "markouts": (float, (n_horizons,)),
+                       "p": (float, (n_models,)), "confidence": (float, (n_models,)), "cost": (float, (n_models,)),
+                       "ens_p": (float, (n_ensembles,)), "ens_confidence": (float, (n_ensembles,)),
+                       "ens_cost": (float, (n_ensembles,))}
+        self.cols: dict[str, np.ndarray] = {}
+        self._grow(1024)
+
+    def _grow(self, cap: int) -> None:
+        for name, (dtype, tail) in self.shapes.items():
+            new = np.full((cap, *tail), np.nan) if dtype is float else np.zeros((cap, *tail), dtype=dtype)
+            if self.n:
+                new[:self.n] = self.cols[name][:self.n]
+            self.cols[name] = new
+        self.cap = cap
+
+    def append(self, k: int) -> slice:
+        """Room for ``k`` more fills; returns their slice."""
+        if self.n + k > self.cap:
+            cap = self.cap
+            while self.n + k > cap:
+                cap *= 2
+            self._grow(cap)
+        rows = slice(self.n, self.n + k)
+        self.n += k
+        return rows
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.cols[name]
+
+    def view(self, name: str) -> np.ndarray:
+        return self.cols[name][:self.n]
+
+
 class _State:
-    """The mutable state of one replay (kept apart from :class:`Replay` so a run is single-use)."""
+    """The mutable state of one replay (kept apart from :class:`Replay` so a run is single-use).
+
+    Each piece of events becomes a :class:`sigkit.Batch` (its schedule of outcome, query and event steps,
+    built with numpy); models with ``on_batch`` take it whole, the others hear its steps one by one
+    through their per-event hooks, and combiners follow the same way.  Results are kept in columns, one
+    row per fill.
+    """
 
     def __init__(self, replay: Replay):
         self.replay = replay
         self.target = replay.target
         self.labelling = replay.labelling
-        self.reference = RunningBaseRate()
+        self.markets = MarketCodes()
+        self.target_code = self.markets.code(self.target.venue, self.target.symbol)
         self.dropped: dict[str, dict] = {}
-        model_hooks = replay._hooks
+        batch_ok = replay.path == "batch"
+        # Models and combiners on the batch path (index, on_batch) and on the per-event path.
+        self.batch_models = [(m, h["on_batch"]) for m, h in enumerate(replay._hooks)
+                             if "on_batch" in h and (batch_ok or "predict" not in h)]
+        on_batch = {m for m, _ in self.batch_models}
+        self.event_models = [m for m in range(len(replay._hooks)) if m not in on_batch]
+        model_hooks = {m: replay._hooks[m] for m in self.event_models}
         if replay.on_error == "drop":
-            model_hooks = [{name: self._guarded(mid, name, fn) for name, fn in h.items()}
-                           for mid, h in zip(replay.model_ids, replay._hooks)]
+            model_hooks = {m: {name: self._guarded(replay.model_ids[m], name, fn) for name, fn in h.items()}
+                           for m, h in model_hooks.items()}
+        self.batch_ensembles = [e for e, (_, chooks, _) in enumerate(replay.ensembles)
+                                if "on_batch" in chooks and (batch_ok or "combine" not in chooks)]
+        event_ens = [e for e in range(len(replay.ensembles)) if e not in self.batch_ensembles]
         # A combiner may follow the market too (e.g. for regimes); it hears each event after the models.
-        hooks = model_hooks + [chooks for _, chooks, _ in replay.ensembles]
+        hooks = [model_hooks[m] for m in self.event_models] + [replay.ensembles[e][1] for e in event_ens]
         self.trade_handlers = [h["on_trade"] for h in hooks if "on_trade" in h]
         self.book_handlers = [h["on_book_update"] for h in hooks if "on_book_update" in h]
         self.stat_handlers = [h["on_market_stat"] for h in hooks if "on_market_stat" in h]
-        self.predictors = [h["predict"] for h in model_hooks]
-        self.outcome_handlers = [h["record_outcome"] for h in model_hooks if "record_outcome" in h]
-        # (name, combine, record_outcome or None, member indices) per ensemble
-        self.ensembles = [(name, chooks["combine"], chooks.get("record_outcome"), members)
-                          for name, chooks, members in replay.ensembles]
+        self.predictors = [(m, model_hooks[m]["predict"]) for m in self.event_models]
+        self.outcome_handlers = [model_hooks[m]["record_outcome"] for m in self.event_models
+                                 if "record_outcome" in model_hooks[m]]
+        # (index, name, combine, record_outcome or None, member indices) of per-event ensembles
+        self.event_ensembles = [(e, replay.ensembles[e][0], replay.ensembles[e][1]["combine"],
+                                 replay.ensembles[e][1].get("record_outcome"), replay.ensembles[e][2])
+                                for e in event_ens]
+        self.per_event = bool(self.event_models or self.event_ensembles)
+        self.wants_fill_objects = bool(self.outcome_handlers or any(r for _, _, _, r, _ in self.event_ensembles))
         self.horizons = self.labelling.all_horizons_ns
         self.primary = self.horizons.index(self.labelling.horizon_ns)
         self.mid = math.nan
-        self.pending: list[tuple[int, int, int, int]] = []  # (due_ts, seq, fill index, horizon index)
-        self.seq = 0
+        # Fills whose outcome at each horizon is still to come, in fill order (= order of due time).
+        self.pending: list[np.ndarray] = [np.empty(0, dtype=np.int64) for _ in self.horizons]
+        self.fill_objects: dict[int, FillQuery] = {}  # pending fills, as the objects per-event hooks saw
+        self.ref_adverse = 0.0  # the causal reference (RunningBaseRate with its default prior)
+        self.ref_total = 0.0
         self.events = {"trade": 0, "book": 0, "stat": 0, "fill": 0}
         self.events_total = 0
         self.first_ts = None
         self.last_ts = None
         self.history: list[dict] = []
         self.next_snapshot = None
-        # One entry per fill.
-        self.queries: list[FillQuery] = []
-        self.mid_at_fill: list[float] = []
-        self.p_ref: list[float] = []
-        self.truth: list[float] = []
-        n_models = len(replay.model_ids)
-        self.p = [[] for _ in range(n_models)]
-        self.conf = [[] for _ in range(n_models)]
-        self.cost = [[] for _ in range(n_models)]
-        self.ens_p = [[] for _ in self.ensembles]
-        self.ens_conf = [[] for _ in self.ensembles]
-        self.ens_cost = [[] for _ in self.ensembles]
-        self.markouts = [[] for _ in self.horizons]
-        self.was_adverse: list[float] = []
-        self.member_preds: dict[int, list[Prediction]] = {}
+        self.fills = _Columns(len(self.horizons), len(replay.model_ids), len(replay.ensembles))
 
-    # -- per chunk ------------------------------------------------------------------------------------
+    @property
+    def reference_rate(self) -> float:
+        return (self.ref_adverse + 1.0) / (self.ref_total + 2.0)
+
+    # -- per piece ------------------------------------------------------------------------------------
 
     def process(self, chunk: np.ndarray) -> None:
+        """Replay one piece of events (whole groups of equal timestamp)."""
         n = len(chunk)
-        ts_arr = chunk["ts_ns"]
-        kind_arr = chunk["kind"]
-        on_target = (chunk["venue"] == self.target.venue) & (chunk["symbol"] == self.target.symbol)
-        is_fill = kind_arr == FILL
+        ts = chunk["ts_ns"]
+        kind = chunk["kind"]
+        if self.first_ts is None:
+            self.first_ts = int(ts[0])
+            if self.replay.snapshot_interval_ns:
+                self.next_snapshot = int(ts[0]) + self.replay.snapshot_interval_ns
+        market = self.markets.of_rows(chunk["venue"], chunk["symbol"])
+        on_target = market == self.target_code
+        is_fill = kind == FILL
         if self.replay.public_fills:
-            is_fill = is_fill | ((kind_arr == TRADE) & on_target)
+            is_fill = is_fill | ((kind == TRADE) & on_target)
         new_group = np.empty(n, dtype=bool)
         new_group[0] = True
-        np.not_equal(ts_arr[1:], ts_arr[:-1], out=new_group[1:])
+        np.not_equal(ts[1:], ts[:-1], out=new_group[1:])
         starts = np.flatnonzero(new_group)
-        ends = np.append(starts[1:], n)
-        group_end = np.repeat(ends, ends - starts).tolist()
-        fill_rows = np.flatnonzero(is_fill).tolist()
-        fill_rows.append(n)  # sentinel
+        group_of_row = np.cumsum(new_group) - 1
+        group_ts = ts[starts]
+        # The target mid after each row, and so before each group (the mid a fill there is asked at).
+        target_book = np.flatnonzero((kind == BOOK) & on_target)
+        if len(target_book):
+            last = np.full(n, -1, dtype=np.int64)
+            last[target_book] = target_book
+            np.maximum.accumulate(last, out=last)
+            mids = np.full(n, self.mid)
+            mids[target_book] = 0.5 * (chunk["bid_px"][target_book] + chunk["ask_px"][target_book])
+            mid_after = np.where(last >= 0, mids[np.maximum(last, 0)], self.mid)
+            mid_before_group = np.empty(len(starts))
+            mid_before_group[0] = self.mid
+            mid_before_group[1:] = mid_after[starts[1:] - 1]
+            end_mid = float(mid_after[-1])
+        else:
+            mid_before_group = np.full(len(starts), self.mid)
+            end_mid = self.mid
+        # The new fills.
+        rows = np.flatnonzero(is_fill)
+        first_fill = self.fills.n
+        new = self.fills.append(len(rows))
+        f = self.fills
+        f["ts"][new] = ts[rows]
+        f["market"][new] = market[rows]
+        side = chunk["side"][rows]
+        f["side"][new] = np.where(kind[rows] == FILL, side, -side)
+        f["price"][new] = chunk["price"][rows]
+        f["size"][new] = chunk["size"][rows]
+        fill_group = group_of_row[rows]
+        f["mid"][new] = mid_before_group[fill_group]
+        f["truth"][new] = chunk["truth"][rows]
+        event_rows = np.flatnonzero(kind != FILL)
+        self._run(self._plan(chunk, market, group_ts, starts, group_of_row, mid_before_group, first_fill,
+                             fill_group, event_rows))
+        self.mid = end_mid
+        self.last_ts = int(ts[-1])
+        counts = np.bincount(kind, minlength=5)
+        self.events["trade"] += int(counts[TRADE])
+        self.events["book"] += int(counts[BOOK])
+        self.events["stat"] += int(counts[STAT])
+        self.events["fill"] += int(counts[FILL])
+        self.events_total += n
 
-        ts = ts_arr.tolist()
-        exch = chunk["exch_ts_ns"].tolist()
-        kind = kind_arr.tolist()
-        venue = chunk["venue"].tolist()
-        symbol = chunk["symbol"].tolist()
-        side = chunk["side"].tolist()
-        price = chunk["price"].tolist()
-        size = chunk["size"].tolist()
-        bid_px, bid_sz = chunk["bid_px"].tolist(), chunk["bid_sz"].tolist()
-        ask_px, ask_sz = chunk["ask_px"].tolist(), chunk["ask_sz"].tolist()
-        truth = chunk["truth"].tolist()
-        target_flags = on_target.tolist()
-        new_group_l = new_group.tolist()
-        has_depth = ~(np.isnan(chunk["bids"][:, 0, 0]) & np.isnan(chunk["asks"][:, 0, 0]))
-        depth_rows = set(np.flatnonzero(has_depth).tolist())
-        stat_rows = kind_arr == STAT
-        oi = chunk["open_interest"].tolist() if stat_rows.any() else None
-        funding = chunk["funding_rate"].tolist() if oi is not None else None
-        mark = chunk["mark_price"].tolist() if oi is not None else None
+    def deliver_due(self, now_ns: int) -> None:
+        """Deliver every pending outcome whose horizon ended before ``now_ns`` (at the end of a run)."""
+        none = np.empty(0, dtype=np.int64)
+        self._run(self._plan(_NO_EVENTS, np.empty(0, dtype=np.int32), np.array([now_ns], dtype=np.int64), none,
+                             none, np.array([self.mid]), self.fills.n, none, none), snapshots=False)
 
+    def _plan(self, chunk, market, group_ts, starts, group_of_row, mid_before_group, first_fill, fill_group,
+              event_rows):
+        """Label what falls due in this piece and lay out its schedule: per group, the outcomes due before
+        it, then its fills, then its events.  Returns the batch and, per group, where its queries start."""
+        f = self.fills
+        n_groups = len(group_ts)
+        oldest_pending = int(self.pending[self.primary][0]) if len(self.pending[self.primary]) else first_fill
+        new_fills = np.arange(first_fill, f.n, dtype=np.int64)
+        out_fill = out_group = None
+        for hi, h in enumerate(self.horizons):
+            cand = np.concatenate([self.pending[hi], new_fills]) if len(self.pending[hi]) else new_fills
+            due = f["ts"][cand] + h
+            group = np.searchsorted(group_ts, due, side="right")  # the first group later than the due time
+            k = int(np.searchsorted(group, n_groups, side="left"))
+            done, group, self.pending[hi] = cand[:k], group[:k], cand[k:]
+            mid = mid_before_group[group]
+            valid = mid == mid  # no target book yet: no markout at this horizon
+            done, group, mid = done[valid], group[valid], mid[valid]
+            side = f["side"][done]
+            price = f["price"][done]
+            markout = side * (mid - price) / price * 1e4
+            f["markouts"][done, hi] = markout
+            if hi == self.primary:
+                adverse = markout < -self.labelling.threshold_bps
+                f["was_adverse"][done] = adverse
+                out_fill, out_group, out_mid, out_markout, out_adverse = done, group, mid, markout, adverse
+        # The schedule.
+        n_out = np.bincount(out_group, minlength=n_groups)
+        n_q = np.bincount(fill_group, minlength=n_groups)
+        n_ev = np.bincount(group_of_row[event_rows], minlength=n_groups)
+        total = n_out + n_q + n_ev
+        offset = np.cumsum(total) - total
+        steps = int(total.sum())
+        op = np.empty(steps, dtype=np.int8)
+        ref = np.empty(steps, dtype=np.int64)
+        n_o, n_f = len(out_fill), len(fill_group)
+        pos = offset[out_group] + (np.arange(n_o) - (np.cumsum(n_out) - n_out)[out_group])
+        op[pos] = OUTCOME
+        ref[pos] = np.arange(n_o)
+        pos = offset[fill_group] + n_out[fill_group] + (np.arange(n_f) - (np.cumsum(n_q) - n_q)[fill_group])
+        op[pos] = QUERY
+        ref[pos] = np.arange(n_f)
+        eg = group_of_row[event_rows]
+        pos = offset[eg] + n_out[eg] + n_q[eg] + (np.arange(len(event_rows)) - (np.cumsum(n_ev) - n_ev)[eg])
+        op[pos] = EVENT
+        ref[pos] = event_rows
+        # The causal reference at each fill: outcomes delivered at or before its group count.
+        adverse_by_group = np.bincount(out_group, weights=out_adverse, minlength=n_groups)
+        if n_f:
+            seen = np.cumsum(n_out)[fill_group] + self.ref_total
+            bad = np.cumsum(adverse_by_group)[fill_group] + self.ref_adverse
+            f["p_ref"][first_fill:f.n] = (bad + 1.0) / (seen + 2.0)
+        self.ref_total += float(n_o)
+        self.ref_adverse += float(out_adverse.sum())
+        q = (f["ts"][first_fill:f.n], f["market"][first_fill:f.n], f["side"][first_fill:f.n],
+             f["price"][first_fill:f.n], f["size"][first_fill:f.n], new_fills)
+        o = (out_fill, f["ts"][out_fill], f["market"][out_fill], f["side"][out_fill], f["price"][out_fill],
+             f["size"][out_fill], out_mid, out_markout, out_adverse.astype(float), -out_markout)
+        batch = Batch(op=op, ref=ref, events=chunk, market=market, q=q, o=o, horizon_ns=self.labelling.horizon_ns,
+                      markets=self.markets, target=self.target_code, oldest_pending=oldest_pending)
+        return batch, group_ts, offset + n_out
+
+    def _run(self, plan, snapshots: bool = True) -> None:
+        """Hand the batch to every model and combiner, taking the snapshots that fall inside it."""
+        batch, group_ts, query_starts = plan
+        lo = 0
+        if snapshots and self.next_snapshot is not None:
+            interval = self.replay.snapshot_interval_ns
+            while True:
+                g = int(np.searchsorted(group_ts, self.next_snapshot, side="left"))
+                if g >= len(group_ts):
+                    break
+                at = int(query_starts[g])  # after the outcomes due before the group, before its fills
+                if at > lo:
+                    self._steps(batch.steps(lo, at))
+                lo = at
+                t = int(group_ts[g])
+                self.history.append({"ts_ns": t, "states": self.describe_all()})
+                self.next_snapshot += ((t - self.next_snapshot) // interval + 1) * interval
+        if lo == 0:
+            self._steps(batch)
+        elif lo < len(batch.op):
+            self._steps(batch.steps(lo, len(batch.op)))
+
+    def _steps(self, batch: Batch) -> None:
+        f = self.fills
+        q_fill = batch.q_fill
+        replay = self.replay
+        for m, on_batch in self.batch_models:
+            model_id = replay.model_ids[m]
+            if model_id in self.dropped:
+                out = None
+            else:
+                try:
+                    out = self._checked(on_batch(batch), batch.n_queries, f"model {model_id!r}")
+                except Exception as err:
+                    at = int(batch.ts[0]) if len(batch.ts) else self.last_ts
+                    if replay.on_error != "drop":
+                        if isinstance(err, SigkitError) and not isinstance(err, ModelError):
+                            raise ModelError(f"{replay._owner[id(replay._instances[model_id])]} failed in "
+                                             f"on_batch at ts_ns={at}: {err}") from err
+                        if isinstance(err, ModelError):
+                            raise
+                        raise ModelError(f"{replay._owner[id(replay._instances[model_id])]} raised "
+                                         f"{type(err).__name__} in on_batch at ts_ns={at}: {err}") from err
+                    self.dropped[model_id] = {"hook": "on_batch", "ts_ns": at, "error": f"{type(err).__name__}: {err}"}
+                    out = None
+            if out is None:  # dropped: the causal reference, with confidence 0
+                f["p"][q_fill, m] = f["p_ref"][q_fill]
+                f["confidence"][q_fill, m] = 0.0
+                f["cost"][q_fill, m] = math.nan
+            else:
+                f["p"][q_fill, m], f["confidence"][q_fill, m], f["cost"][q_fill, m] = out
+        if self.per_event:
+            self._per_event(batch)
+        for e in self.batch_ensembles:
+            name, chooks, members = replay.ensembles[e]
+            preds = BatchPredictions(f["p"][q_fill][:, members].T, f["confidence"][q_fill][:, members].T,
+                                     f["cost"][q_fill][:, members].T)
+            try:
+                out = self._checked(chooks["on_batch"](batch, preds), batch.n_queries, f"the combiner of {name!r}")
+            except ModelError:
+                raise
+            except Exception as err:
+                at = int(batch.ts[0]) if len(batch.ts) else self.last_ts
+                raise ModelError(f"combiner of {name!r} raised {type(err).__name__} in on_batch at ts_ns={at}: "
+                                 f"{err}") from err
+            f["ens_p"][q_fill, e], f["ens_confidence"][q_fill, e], f["ens_cost"][q_fill, e] = out
+
+    @staticmethod
+    def _checked(out: Any, n: int, who: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not isinstance(out, BatchPredictions):
+            raise ModelError(f"{who} returned {type(out).__name__} from on_batch(); expected sigkit.BatchPredictions")
+        p, conf, cost = (np.asarray(a, dtype=float) for a in (out.p, out.confidence, out.cost_bps))
+        if p.shape != (n,) or conf.shape != (n,) or cost.shape != (n,):
+            raise ModelError(f"{who} returned predictions of shape {p.shape}/{conf.shape}/{cost.shape} from "
+                             f"on_batch(); expected ({n},) each, one per query")
+        bad = np.flatnonzero(~((p >= 0.0) & (p <= 1.0)))
+        if len(bad):
+            raise ModelError(f"{who} predicted p_adverse={p[bad[0]]!r} in on_batch(); it must be a probability in [0, 1]")
+        bad = np.flatnonzero(~((conf >= 0.0) & (conf <= 1.0)))
+        if len(bad):
+            raise ModelError(f"{who} gave confidence={conf[bad[0]]!r} in on_batch(); it must be in [0, 1]")
+        return p, conf, cost
+
+    def _per_event(self, batch: Batch) -> None:
+        """The per-event hooks, called in the batch's schedule order."""
+        f = self.fills
+        chunk = batch.events
+        ops = batch.op.tolist()
+        refs = batch.ref.tolist()
+        names = self.markets.names
+        if len(chunk):
+            ts = chunk["ts_ns"].tolist()
+            exch = chunk["exch_ts_ns"].tolist()
+            kind = chunk["kind"].tolist()
+            venue = chunk["venue"].tolist()
+            symbol = chunk["symbol"].tolist()
+            side = chunk["side"].tolist()
+            price = chunk["price"].tolist()
+            size = chunk["size"].tolist()
+            bid_px, bid_sz = chunk["bid_px"].tolist(), chunk["bid_sz"].tolist()
+            ask_px, ask_sz = chunk["ask_px"].tolist(), chunk["ask_sz"].tolist()
+            depth_rows = set(np.flatnonzero(~(np.isnan(chunk["bids"][:, 0, 0]) & np.isnan(chunk["asks"][:, 0, 0]))).tolist())
+            if (chunk["kind"] == STAT).any():
+                oi = chunk["open_interest"].tolist()
+                funding = chunk["funding_rate"].tolist()
+                mark = chunk["mark_price"].tolist()
+        q_ts, q_market, q_side = batch.q_ts.tolist(), batch.q_market.tolist(), batch.q_side.tolist()
+        q_price, q_size, q_fill = batch.q_price.tolist(), batch.q_size.tolist(), batch.q_fill.tolist()
+        o_fill, o_mid, o_markout = batch.o_fill.tolist(), batch.o_mid.tolist(), batch.o_markout_bps.tolist()
+        o_adverse = batch.o_adverse.tolist()
         trade_handlers, book_handlers, stat_handlers = self.trade_handlers, self.book_handlers, self.stat_handlers
-        fp = 0
-        if self.first_ts is None:
-            self.first_ts = ts[0]
-            if self.replay.snapshot_interval_ns:
-                self.next_snapshot = ts[0] + self.replay.snapshot_interval_ns
-        k = 0
-        t = ts[0]
+        predictors, ensembles, outcome_handlers = self.predictors, self.event_ensembles, self.outcome_handlers
+        n_models = len(self.replay.model_ids)
+        P, C, K = f["p"], f["confidence"], f["cost"]
+        fill_objects = self.fill_objects
+        keep_objects = self.wants_fill_objects
+        horizon = self.labelling.horizon_ns
+        model_ids = self.replay.model_ids
+        t = int(batch.ts[0]) if len(batch.ts) else self.last_ts
         try:
-            for k in range(n):
-                t = ts[k]
-                if new_group_l[k]:
-                    if self.pending and self.pending[0][0] < t:
-                        self.deliver_due(t)
-                    if self.next_snapshot is not None and t >= self.next_snapshot:
-                        self.snapshot(t)
-                    end = group_end[k]
-                    while fill_rows[fp] < end:
-                        f = fill_rows[fp]
-                        fill_side = side[f] if kind[f] == FILL else -side[f]
-                        self.predict(FillQuery(t, venue[f], symbol[f], fill_side, price[f], size[f]), truth[f])
-                        fp += 1
-                kd = kind[k]
-                if kd == TRADE:
-                    record = Trade(t, venue[k], symbol[k], price[k], size[k], side[k], exch[k])
-                    for handler in trade_handlers:
-                        handler(record)
-                elif kd == BOOK:
-                    if k in depth_rows:
-                        record = BookUpdate(t, venue[k], symbol[k], bid_px[k], bid_sz[k], ask_px[k], ask_sz[k],
-                                            _levels(chunk["bids"][k]), _levels(chunk["asks"][k]), exch[k])
-                    else:
-                        record = BookUpdate(t, venue[k], symbol[k], bid_px[k], bid_sz[k], ask_px[k], ask_sz[k],
-                                            (), (), exch[k])
-                    if target_flags[k]:
-                        self.mid = 0.5 * (bid_px[k] + ask_px[k])
-                    for handler in book_handlers:
-                        handler(record)
-                elif kd == STAT:
-                    record = MarketStat(t, venue[k], symbol[k], oi[k], funding[k], mark[k], side[k], price[k],
-                                        size[k], exch[k])
-                    for handler in stat_handlers:
-                        handler(record)
+            for step, r in zip(ops, refs):
+                if step == EVENT:
+                    t = ts[r]
+                    kd = kind[r]
+                    if kd == TRADE:
+                        record = Trade(t, venue[r], symbol[r], price[r], size[r], side[r], exch[r])
+                        for handler in trade_handlers:
+                            handler(record)
+                    elif kd == BOOK:
+                        if r in depth_rows:
+                            record = BookUpdate(t, venue[r], symbol[r], bid_px[r], bid_sz[r], ask_px[r], ask_sz[r],
+                                                _levels(chunk["bids"][r]), _levels(chunk["asks"][r]), exch[r])
+                        else:
+                            record = BookUpdate(t, venue[r], symbol[r], bid_px[r], bid_sz[r], ask_px[r], ask_sz[r],
+                                                (), (), exch[r])
+                        for handler in book_handlers:
+                            handler(record)
+                    elif kd == STAT:
+                        record = MarketStat(t, venue[r], symbol[r], oi[r], funding[r], mark[r], side[r], price[r],
+                                            size[r], exch[r])
+                        for handler in stat_handlers:
+                            handler(record)
+                elif step == QUERY:
+                    t = q_ts[r]
+                    i = q_fill[r]
+                    v, s = names[q_market[r]]
+                    query = FillQuery(t, v, s, q_side[r], q_price[r], q_size[r])
+                    if keep_objects:
+                        fill_objects[i] = query
+                    self._asking = i
+                    for m, predictor in predictors:
+                        pred = predictor(query)
+                        if not _valid(pred):
+                            self._refuse(pred, model_ids[m], t)
+                        P[i, m] = pred.p_adverse
+                        C[i, m] = pred.confidence
+                        K[i, m] = pred.expected_cost_bps
+                    if ensembles:
+                        preds = [Prediction(p, c, k) for p, c, k in zip(P[i].tolist(), C[i].tolist(), K[i].tolist())]
+                        for e, name, combine, _, members in ensembles:
+                            pred = combine(query, [preds[j] for j in members])
+                            if not _valid(pred):
+                                _check_prediction(pred, f"the combiner of {name!r} at ts_ns={t}")
+                            f["ens_p"][i, e] = pred.p_adverse
+                            f["ens_confidence"][i, e] = pred.confidence
+                            f["ens_cost"][i, e] = pred.expected_cost_bps
+                else:
+                    i = o_fill[r]
+                    query = fill_objects.pop(i, None) if keep_objects else None
+                    if query is None:
+                        query = self._fill_object(i)
+                    markout = o_markout[r]
+                    outcome = Outcome(query, horizon, o_mid[r], markout, o_adverse[r] == 1.0, -markout)
+                    for handler in outcome_handlers:
+                        handler(outcome)
+                    if ensembles:
+                        preds = [Prediction(p, c, k) for p, c, k in zip(P[i].tolist(), C[i].tolist(), K[i].tolist())]
+                        for _, _, _, record_outcome, members in ensembles:
+                            if record_outcome is not None:
+                                record_outcome(outcome, [preds[j] for j in members])
         except SigkitError as err:
             culprit = self._culprit(err)
             if culprit is None:
@@ -468,13 +755,11 @@ class _State:
             if culprit is None:
                 raise
             raise ModelError(f"{culprit[0]} raised {type(err).__name__} in {culprit[1]} at ts_ns={t}: {err}") from err
-        self.last_ts = ts[-1]
-        counts = np.bincount(kind_arr, minlength=5)
-        self.events["trade"] += int(counts[TRADE])
-        self.events["book"] += int(counts[BOOK])
-        self.events["stat"] += int(counts[STAT])
-        self.events["fill"] += int(counts[FILL])
-        self.events_total += n
+
+    def _fill_object(self, i: int) -> FillQuery:
+        f = self.fills
+        venue, symbol = self.markets.names[int(f["market"][i])]
+        return FillQuery(int(f["ts"][i]), venue, symbol, int(f["side"][i]), float(f["price"][i]), float(f["size"][i]))
 
     def _culprit(self, err: BaseException) -> tuple[str, str] | None:
         """Which plugin instance raised, and in which hook: the outermost frame whose ``self`` is one."""
@@ -485,63 +770,6 @@ class _State:
                 return self.replay._owner[id(owner)], tb.tb_frame.f_code.co_name
             tb = tb.tb_next
         return None
-
-    # -- fills and outcomes --------------------------------------------------------------------------
-
-    def predict(self, query: FillQuery, truth: float) -> None:
-        index = len(self.queries)
-        preds = []
-        for m, predictor in enumerate(self.predictors):
-            pred = predictor(query)
-            if not _valid(pred):
-                self._refuse(pred, self.replay.model_ids[m], query.ts_ns)
-            preds.append(pred)
-            self.p[m].append(pred.p_adverse)
-            self.conf[m].append(pred.confidence)
-            self.cost[m].append(pred.expected_cost_bps)
-        for e, (name, combine, _, member_index) in enumerate(self.ensembles):
-            pred = combine(query, [preds[i] for i in member_index])
-            if not _valid(pred):
-                _check_prediction(pred, f"the combiner of {name!r} at ts_ns={query.ts_ns}")
-            self.ens_p[e].append(pred.p_adverse)
-            self.ens_conf[e].append(pred.confidence)
-            self.ens_cost[e].append(pred.expected_cost_bps)
-        if self.ensembles:
-            self.member_preds[index] = preds
-        self.queries.append(query)
-        self.mid_at_fill.append(self.mid)
-        self.p_ref.append(self.reference.rate)
-        self.truth.append(truth)
-        self.was_adverse.append(math.nan)
-        for hi, h in enumerate(self.horizons):
-            self.markouts[hi].append(math.nan)
-            heapq.heappush(self.pending, (query.ts_ns + h, self.seq, index, hi))
-            self.seq += 1
-
-    def deliver_due(self, now_ns: int) -> None:
-        """Label and deliver every pending outcome whose horizon ended before ``now_ns``."""
-        pending = self.pending
-        mid = self.mid
-        while pending and pending[0][0] < now_ns:
-            _due, _seq, index, hi = heapq.heappop(pending)
-            query = self.queries[index]
-            if mid != mid:  # no target book yet: no markout at this horizon
-                if hi == self.primary:
-                    self.member_preds.pop(index, None)
-                continue
-            if hi != self.primary:
-                self.markouts[hi][index] = markout_bps(query.side, query.price, mid)
-                continue
-            outcome = label_outcome(query, mid, self.labelling.horizon_ns, self.labelling.threshold_bps)
-            self.markouts[hi][index] = outcome.markout_bps
-            self.was_adverse[index] = 1.0 if outcome.was_adverse else 0.0
-            for handler in self.outcome_handlers:
-                handler(outcome)
-            preds = self.member_preds.pop(index, None)
-            for _, _, combiner_outcome, member_index in self.ensembles:
-                if combiner_outcome is not None:
-                    combiner_outcome(outcome, [preds[i] for i in member_index])
-            self.reference.update(outcome.was_adverse, query.ts_ns)
 
     def _refuse(self, pred: Any, model_id: str, ts_ns: int) -> None:
         """A model's answer is not a valid prediction: stop, naming the model, its plugin and the time."""
@@ -566,20 +794,22 @@ class _State:
                     self.dropped[model_id] = {"hook": hook, "ts_ns": at,
                                               "error": f"{type(err).__name__}: {err}"}
             if hook == "predict":
-                return Prediction(self.reference.rate, 0.0)
+                return Prediction(self._ref_at(args[0]), 0.0)
             return None
 
         return call
 
+    def _ref_at(self, query: FillQuery) -> float:
+        """The causal reference as it stood when ``query`` was asked (already computed for its piece)."""
+        return float(self.fills["p_ref"][self._asking])
+
     # -- checkpoints ----------------------------------------------------------------------------------
 
-    STATE_VERSION = 1
+    STATE_VERSION = 2
 
     def state_dict(self) -> dict:
         """Everything this replay has learned and remembers, as of the end of the last processed chunk."""
         replay = self.replay
-        n = len(self.queries)
-        q = self.queries
         instances = {}
         for name, obj in replay._instances.items():
             if name in self.dropped:
@@ -591,33 +821,15 @@ class _State:
             except Exception as err:
                 raise ModelError(f"{replay._owner.get(id(obj), name)} failed in state_dict(): "
                                  f"{type(err).__name__}: {err}") from err
-        preds_index = np.array(sorted(self.member_preds), dtype=np.int64)
-        n_models, n_ens = len(replay.model_ids), len(self.ensembles)
-        member = np.array([[(p.p_adverse, p.confidence, p.expected_cost_bps) for p in self.member_preds[i]]
-                           for i in preds_index.tolist()], dtype=float).reshape(len(preds_index), n_models, 3)
         return {
             "version": self.STATE_VERSION,
-            "first_ts": self.first_ts, "last_ts": self.last_ts, "mid": self.mid, "seq": self.seq,
+            "first_ts": self.first_ts, "last_ts": self.last_ts, "mid": self.mid,
             "events": dict(self.events), "events_total": self.events_total, "next_snapshot": self.next_snapshot,
             "history": capture_state(self.history, "describe()"), "dropped": capture_state(self.dropped),
-            "reference": self.reference.state_dict(),
-            "pending": np.array(self.pending, dtype=np.int64).reshape(-1, 4),
-            "fills": {"ts_ns": np.array([x.ts_ns for x in q], dtype=np.int64),
-                      "venue": [x.venue for x in q], "symbol": [x.symbol for x in q],
-                      "side": np.array([x.side for x in q], dtype=np.int64),
-                      "price": np.array([x.price for x in q], dtype=float),
-                      "size": np.array([x.size for x in q], dtype=float),
-                      "mid": np.array(self.mid_at_fill, dtype=float), "p_ref": np.array(self.p_ref, dtype=float),
-                      "truth": np.array(self.truth, dtype=float),
-                      "was_adverse": np.array(self.was_adverse, dtype=float),
-                      "markouts": np.array(self.markouts, dtype=float).reshape(len(self.horizons), n)},
-            "predictions": {"p": np.array(self.p, dtype=float).reshape(n_models, n),
-                            "confidence": np.array(self.conf, dtype=float).reshape(n_models, n),
-                            "cost_bps": np.array(self.cost, dtype=float).reshape(n_models, n),
-                            "ens_p": np.array(self.ens_p, dtype=float).reshape(n_ens, n),
-                            "ens_confidence": np.array(self.ens_conf, dtype=float).reshape(n_ens, n),
-                            "ens_cost_bps": np.array(self.ens_cost, dtype=float).reshape(n_ens, n)},
-            "member_preds": {"index": preds_index, "values": member},
+            "reference": {"adverse": self.ref_adverse, "total": self.ref_total},
+            "markets": self.markets.state_dict(),
+            "pending": [p.copy() for p in self.pending],
+            "fills": {name: self.fills.view(name).copy() for name in self.fills.shapes},
             "instances": instances,
         }
 
@@ -638,28 +850,26 @@ class _State:
             except Exception as err:
                 raise ModelError(f"{replay._owner.get(id(obj), name)} failed in load_state_dict(): "
                                  f"{type(err).__name__}: {err}") from err
-        self.first_ts, self.last_ts, self.mid, self.seq = state["first_ts"], state["last_ts"], state["mid"], state["seq"]
+        self.first_ts, self.last_ts, self.mid = state["first_ts"], state["last_ts"], state["mid"]
         self.events = dict(state["events"])
         self.events_total = state["events_total"]
         self.next_snapshot = state["next_snapshot"]
         self.history = restore_state(state["history"])
         self.dropped = restore_state(state["dropped"])
-        self.reference.load_state_dict(state["reference"])
-        self.pending = [tuple(row) for row in np.asarray(state["pending"]).tolist()]
-        heapq.heapify(self.pending)
-        f = state["fills"]
-        self.queries = [FillQuery(*row) for row in zip(f["ts_ns"].tolist(), f["venue"], f["symbol"],
-                                                       f["side"].tolist(), f["price"].tolist(), f["size"].tolist())]
-        self.mid_at_fill, self.p_ref = f["mid"].tolist(), f["p_ref"].tolist()
-        self.truth, self.was_adverse = f["truth"].tolist(), f["was_adverse"].tolist()
-        self.markouts = [row.tolist() for row in f["markouts"]]
-        pr = state["predictions"]
-        self.p, self.conf, self.cost = ([row.tolist() for row in pr[k]] for k in ("p", "confidence", "cost_bps"))
-        self.ens_p, self.ens_conf, self.ens_cost = ([row.tolist() for row in pr[k]]
-                                                    for k in ("ens_p", "ens_confidence", "ens_cost_bps"))
-        mp = state["member_preds"]
-        self.member_preds = {i: [Prediction(*v) for v in values]
-                             for i, values in zip(mp["index"].tolist(), mp["values"].tolist())}
+        self.ref_adverse = float(state["reference"]["adverse"])
+        self.ref_total = float(state["reference"]["total"])
+        self.markets.load_state_dict(state["markets"])
+        self.target_code = self.markets.code(self.target.venue, self.target.symbol)
+        self.pending = [np.asarray(p, dtype=np.int64) for p in state["pending"]]
+        if len(self.pending) != len(self.horizons):
+            raise ModelError("the engine state has pending outcomes for another set of horizons")
+        saved = state["fills"]
+        n = len(saved["ts"])
+        self.fills.n = 0
+        self.fills.append(n)
+        for name in self.fills.shapes:
+            self.fills[name][:n] = saved[name]
+        self.fill_objects = {}
 
     def save(self, path: str | Path) -> dict:
         from sigkit.checkpoint import write_checkpoint
@@ -690,45 +900,45 @@ class _State:
                 states[name] = chooks["describe"]()
         return states
 
-    def snapshot(self, now_ns: int) -> None:
-        """Record what every model and combiner says of itself, as of just before ``now_ns``."""
-        self.history.append({"ts_ns": now_ns, "states": self.describe_all()})
-        interval = self.replay.snapshot_interval_ns
-        self.next_snapshot += ((now_ns - self.next_snapshot) // interval + 1) * interval
-
     def result(self, *, completed: bool, stop_reason: str | None, elapsed_s: float) -> RunResult:
-        q = self.queries
+        f = self.fills
+        names = self.markets.names
+        market = f.view("market")
+        venues = np.array([v for v, _ in names] or [""], dtype=str)
+        symbols = np.array([s for _, s in names] or [""], dtype=str)
+        markouts = f.view("markouts")
         fills = {
-            "ts_ns": np.array([x.ts_ns for x in q], dtype=np.int64),
-            "venue": np.array([x.venue for x in q], dtype=str),
-            "symbol": np.array([x.symbol for x in q], dtype=str),
-            "side": np.array([x.side for x in q], dtype=np.int8),
-            "price": np.array([x.price for x in q], dtype=float),
-            "size": np.array([x.size for x in q], dtype=float),
-            "mid": np.array(self.mid_at_fill, dtype=float),
-            "p_ref": np.array(self.p_ref, dtype=float),
-            "truth": np.array(self.truth, dtype=float),
-            "was_adverse": np.array(self.was_adverse, dtype=float),
+            "ts_ns": f.view("ts").copy(),
+            "venue": venues[market] if len(market) else np.array([], dtype=str),
+            "symbol": symbols[market] if len(market) else np.array([], dtype=str),
+            "side": f.view("side").copy(),
+            "price": f.view("price").copy(),
+            "size": f.view("size").copy(),
+            "mid": f.view("mid").copy(),
+            "p_ref": f.view("p_ref").copy(),
+            "truth": f.view("truth").copy(),
+            "was_adverse": f.view("was_adverse").copy(),
         }
         fills["labelled"] = ~np.isnan(fills["was_adverse"])
-        primary = np.array(self.markouts[self.primary], dtype=float)
-        fills["realized_as_bps"] = -primary
-        for h, values in zip(self.horizons, self.markouts):
-            fills[f"markout_{h}"] = np.array(values, dtype=float)
+        fills["realized_as_bps"] = -markouts[:, self.primary]
+        for hi, h in enumerate(self.horizons):
+            fills[f"markout_{h}"] = markouts[:, hi].copy()
         predictions = {}
         for m, mid in enumerate(self.replay.model_ids):
-            predictions[mid] = {"p": np.array(self.p[m], dtype=float), "confidence": np.array(self.conf[m], dtype=float),
-                                "cost_bps": np.array(self.cost[m], dtype=float)}
-        for e, (name, *_rest) in enumerate(self.ensembles):
-            predictions[name] = {"p": np.array(self.ens_p[e], dtype=float),
-                                 "confidence": np.array(self.ens_conf[e], dtype=float),
-                                 "cost_bps": np.array(self.ens_cost[e], dtype=float)}
+            predictions[mid] = {"p": f.view("p")[:, m].copy(), "confidence": f.view("confidence")[:, m].copy(),
+                                "cost_bps": f.view("cost")[:, m].copy()}
+        for e, (name, *_rest) in enumerate(self.replay.ensembles):
+            predictions[name] = {"p": f.view("ens_p")[:, e].copy(), "confidence": f.view("ens_confidence")[:, e].copy(),
+                                 "cost_bps": f.view("ens_cost")[:, e].copy()}
         return RunResult(
             model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=self.describe_all(),
             state_history=self.history, dropped=dict(self.dropped),
             markout_horizons_ns=self.horizons, events=dict(self.events), first_ts_ns=self.first_ts,
             last_ts_ns=self.last_ts, completed=completed, stop_reason=stop_reason, elapsed_s=elapsed_s,
         )
+
+
+_NO_EVENTS = np.empty(0, dtype=EVENT_DTYPE)
 
 
 def _levels(levels: np.ndarray) -> tuple[tuple[float, float], ...]:

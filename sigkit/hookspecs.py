@@ -28,6 +28,7 @@ import numpy as np
 import pluggy
 
 if TYPE_CHECKING:
+    from sigkit.batch import Batch, BatchPredictions
     from sigkit.events import BookUpdate, FillQuery, MarketStat, Outcome, Prediction, Trade
 
 PROJECT = "sigkit"
@@ -135,6 +136,18 @@ class ModelHooks:
 
 
     @instance_hookspec(firstresult=True)
+    def on_batch(self, batch: Batch) -> BatchPredictions:
+        """The batch path: handle one piece of the replay at once and predict its fills.
+
+        ``batch`` (:class:`sigkit.Batch`) holds the piece's events, fill queries and delivered outcomes in
+        columns, with the schedule (``batch.op``/``batch.ref``) of the per-event calls they stand for, in
+        event-time order.  Return a :class:`sigkit.BatchPredictions` with one ``p``, ``confidence`` and
+        ``cost_bps`` per query.  When a model has this hook the engine calls it *instead of* every
+        per-event hook above (unless the run asks for the per-event path), so the two paths must give the
+        same predictions: the conformance suite checks it (docs/fast.md).
+        """
+
+    @instance_hookspec(firstresult=True)
     def describe(self) -> dict:
         """A JSON-ready summary of what the model has learned (weights, an estimated lag, ...).
 
@@ -168,6 +181,12 @@ class CombinerHooks:
     @instance_hookspec
     def record_outcome(self, outcome: Outcome, predictions: Sequence[Prediction]) -> None:
         """A fill's outcome, with the member predictions that were issued for that fill."""
+
+    @instance_hookspec(firstresult=True)
+    def on_batch(self, batch: Batch, members: BatchPredictions) -> BatchPredictions:
+        """The batch path of a combiner: ``members`` holds the member predictions for the batch's queries
+        (arrays of shape ``(n_members, n_queries)``, recipe order); return the pooled ones.  Called instead
+        of every per-event hook above, after all models have handled the batch."""
 
     @instance_hookspec(firstresult=True)
     def describe(self) -> dict:
@@ -224,4 +243,6 @@ class SourceHooks:
 
 
 INSTANCE_SPECS = {"model": ModelHooks, "combiner": CombinerHooks, "source": SourceHooks}
-REQUIRED_HOOKS = {"model": ("predict",), "combiner": ("combine",), "source": ("chunks",)}
+# Each entry: hooks one of which an instance must implement (a model may be batch-only).
+REQUIRED_HOOKS = {"model": (("predict", "on_batch"),), "combiner": (("combine", "on_batch"),),
+                  "source": (("chunks",),)}

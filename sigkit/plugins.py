@@ -287,7 +287,7 @@ def resolve_hooks(obj: Any, role: str, label: str) -> dict[str, Callable]:
         impls = getattr(pm.hook, name).get_hookimpls()
         if impls:
             found[name] = impls[0].function
-    for required in hookspecs.REQUIRED_HOOKS[role]:
-        if required not in found:
-            raise PluginError(f"{label}: does not implement {required}()")
+    for either in hookspecs.REQUIRED_HOOKS[role]:
+        if not any(name in found for name in either):
+            raise PluginError(f"{label}: does not implement {'() or '.join(either)}()")
     return found
