@@ -959,11 +959,12 @@ def _check_prediction(pred: Any, who: str) -> None:
 
 
 def replay_from_recipe(recipe, *, sources: Sequence[tuple[str, Any]] | None = None, cache_dir=None,
-                       cache_warn: Callable[[str], None] | None = None) -> Replay:
+                       cache_warn: Callable[[str], None] | None = None, path: str = "batch") -> Replay:
     """Build the instances a validated :class:`sigkit.recipe.Recipe` names and wire them into a replay.
 
     ``sources`` replaces the recipe's data sources (live mode passes its one live source).  With
-    ``cache_dir``, file sources read from (and write) the binary event cache (:mod:`sigkit.cache`)."""
+    ``cache_dir``, file sources read from (and write) the binary event cache (:mod:`sigkit.cache`).
+    ``path="per-event"`` calls the per-event hooks even of models that have ``on_batch``."""
     from sigkit.checkpoint import recipe_identity
     from sigkit.recipe import instantiate
 
@@ -978,4 +979,4 @@ def replay_from_recipe(recipe, *, sources: Sequence[tuple[str, Any]] | None = No
                   snapshot_interval_ns=recipe.evaluation.snapshot_interval_ns,
                   provenance={m.id: f"{m.spec.name} from {m.spec.distribution} {m.spec.version}".rstrip()
                               for m in recipe.models},
-                  on_error=recipe.on_error, identity=recipe_identity(recipe))
+                  on_error=recipe.on_error, identity=recipe_identity(recipe), path=path)

@@ -240,7 +240,7 @@ class RunningBaseRate(LearnedState):
 
     @property
     def rate(self) -> float:
-        return (self._adverse + self._prior_adverse) / (self._total + self._prior_total)
+        return base_rate_value(self._adverse, self._total, self._prior_adverse, self._prior_total)
 
 
 class OnlineLogistic(LearnedState):
@@ -265,20 +265,47 @@ class OnlineLogistic(LearnedState):
         self.n_updates = 0
 
     def decision(self, x: Sequence[float], offset: float = 0.0) -> float:
-        z = self.intercept + offset
-        for w, v in zip(self.weights, x):
-            z += w * v
-        return z
+        return logistic_decision(self.weights, self.intercept, x, offset)
 
     def predict(self, x: Sequence[float], offset: float = 0.0) -> float:
         return sigmoid(self.decision(x, offset))
 
     def update(self, x: Sequence[float], y: float, offset: float = 0.0) -> None:
         error = self.predict(x, offset) - y
-        lr, l2 = self.learning_rate, self.l2
-        self.weights = [w - lr * (error * v + l2 * w) for w, v in zip(self.weights, x)]
+        logistic_step(self.weights, x, error, self.learning_rate, self.l2)
         self.intercept -= self.intercept_learning_rate * error
         self.n_updates += 1
+
+
+# The formulas above as plain functions on scalars and indexable sequences: the per-event classes call
+# them as they are, and compiled kernels call their numba twins (sigkit.fast), so both paths share one
+# source.  Write them with explicit index loops (numba compiles those; comprehensions over zip it does not).
+
+def logistic_decision(weights, intercept: float, x, offset: float) -> float:
+    """``intercept + offset + w.x``, summed in index order."""
+    z = intercept + offset
+    for i in range(len(weights)):
+        z += weights[i] * x[i]
+    return z
+
+
+def logistic_step(weights, x, error: float, learning_rate: float, l2: float) -> None:
+    """One SGD step of the weights, in place: ``w -= lr * (error * x + l2 * w)``."""
+    for i in range(len(weights)):
+        w = weights[i]
+        weights[i] = w - learning_rate * (error * x[i] + l2 * w)
+
+
+def base_rate_value(adverse: float, total: float, prior_adverse: float, prior_total: float) -> float:
+    """The Beta-prior share of adverse outcomes (:class:`RunningBaseRate`)."""
+    return (adverse + prior_adverse) / (total + prior_total)
+
+
+def expected_cost(p_adverse: float, sum_good: float, n_good: int, sum_bad: float, n_bad: int) -> float:
+    """:class:`ConditionalCost`'s mix of the mean realized costs by ``p`` (NaN until both kinds are seen)."""
+    if not (n_good and n_bad):
+        return math.nan
+    return p_adverse * sum_bad / n_bad + (1.0 - p_adverse) * sum_good / n_good
 
 
 class ConditionalCost(LearnedState):
@@ -296,9 +323,7 @@ class ConditionalCost(LearnedState):
             self._n[k] += 1
 
     def expected(self, p_adverse: float) -> float:
-        if not (self._n[0] and self._n[1]):
-            return math.nan
-        return p_adverse * self._sum[1] / self._n[1] + (1.0 - p_adverse) * self._sum[0] / self._n[0]
+        return expected_cost(p_adverse, self._sum[0], self._n[0], self._sum[1], self._n[1])
 
 
 def evidence_confidence(n_outcomes: int, half_evidence: float) -> float:
