@@ -642,10 +642,10 @@ class _State:
                              f"on_batch(); expected ({n},) each, one per query")
         bad = np.flatnonzero(~((p >= 0.0) & (p <= 1.0)))
         if len(bad):
-            raise ModelError(f"{who} predicted p_adverse={p[bad[0]]!r} in on_batch(); it must be a probability in [0, 1]")
+            raise ModelError(f"{who} predicted p_adverse={float(p[bad[0]])!r} in on_batch(); it must be a probability in [0, 1]")
         bad = np.flatnonzero(~((conf >= 0.0) & (conf <= 1.0)))
         if len(bad):
-            raise ModelError(f"{who} gave confidence={conf[bad[0]]!r} in on_batch(); it must be in [0, 1]")
+            raise ModelError(f"{who} gave confidence={float(conf[bad[0]])!r} in on_batch(); it must be in [0, 1]")
         return p, conf, cost
 
     def _per_event(self, batch: Batch) -> None:

@@ -25,6 +25,8 @@ The checks of :func:`check_model` (each passes, fails or is skipped, with a reas
   finite probabilities; any other exception, or a NaN/out-of-range prediction, fails.
 * ``params``: every parameter has a doc, durations have a unit, and every parameter has a default
   unless ``params`` supplies it.
+* ``batch_equivalence``: if the model has both ``on_batch`` and ``predict``, on each world its batch path
+  gives the per-event path's predictions to within 1e-12, also with the events cut into small pieces.
 * ``state``: if the model has ``state_dict()`` and ``load_state_dict(state)``, saving mid-run (through the
   checkpoint file's encoding) and restoring into a fresh instance gives identical subsequent predictions;
   otherwise skipped ("not supported").
@@ -33,6 +35,7 @@ The checks of :func:`check_model` (each passes, fails or is skipped, with a reas
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,8 +61,9 @@ except ImportError:  # pragma: no cover
     pytest = None
 
 __all__ = [
-    "CheckResult", "ConformanceReport", "MemorySource", "assert_conforms", "check_model", "make_registry",
-    "run_recipe", "simulate_stream",
+    "CheckResult", "ConformanceReport", "EQUIVALENCE_TOLERANCE", "MemorySource", "assert_conforms",
+    "batch_difference", "check_batch_equivalence", "check_model", "make_registry", "rechunk", "run_recipe",
+    "simulate_stream",
 ]
 
 #: The simulator's target market, whose fills are scored.
@@ -185,11 +189,11 @@ class _Setup:
         context = RunContext(target=TARGET, horizon_ns=self.horizon_ns, seed=self.seed, instance_id=self.spec.name)
         return self.spec.factory(self.params, context)
 
-    def run(self, chunks: Sequence[np.ndarray], model: Any = None) -> dict[str, np.ndarray]:
+    def run(self, chunks: Sequence[np.ndarray], model: Any = None, path: str = "batch") -> dict[str, np.ndarray]:
         source = MemorySource(chunks)  # built before the model
         model = self.build() if model is None else model
         replay = Replay(sources=[("memory", source)], models=[(self.spec.name, model)], target=TARGET,
-                        labelling=Labelling(self.horizon_ns))
+                        labelling=Labelling(self.horizon_ns), path=path)
         return replay.run().predictions[self.spec.name]
 
 
@@ -352,6 +356,57 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n: int | None = No
     return None
 
 
+#: How far the batch path's predictions may be from the per-event path's.
+EQUIVALENCE_TOLERANCE = 1e-12
+
+
+def batch_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[float, str | None]:
+    """The largest absolute difference between two sets of predictions (``p``, ``confidence``,
+    ``cost_bps``), and what differs in kind (lengths, or NaN in one but not the other), if anything."""
+    worst = 0.0
+    for key in ("p", "confidence", "cost_bps"):
+        x, y = np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float)
+        if len(x) != len(y):
+            return math.inf, f"{len(x)} vs {len(y)} predictions"
+        nan_x, nan_y = np.isnan(x), np.isnan(y)
+        if not np.array_equal(nan_x, nan_y):
+            i = int(np.flatnonzero(nan_x != nan_y)[0])
+            return math.inf, f"{key} at fill {i}: {x[i]!r} vs {y[i]!r}"
+        if len(x) and not nan_x.all():
+            worst = max(worst, float(np.max(np.abs(x[~nan_x] - y[~nan_x]))))
+    return worst, None
+
+
+def rechunk(chunks: Sequence[np.ndarray], rows: int) -> list[np.ndarray]:
+    """The same events cut into chunks of about ``rows`` rows, never splitting a group of equal timestamp."""
+    if not chunks:
+        return []
+    every = np.concatenate(list(chunks))
+    out, start = [], 0
+    ts = every["ts_ns"]
+    while start < len(every):
+        end = min(start + rows, len(every))
+        end = int(np.searchsorted(ts, ts[end - 1], side="right"))
+        out.append(every[start:end])
+        start = end
+    return out
+
+
+def check_batch_equivalence(run: Callable[[Sequence[np.ndarray], str], dict[str, np.ndarray]],
+                            chunks: Sequence[np.ndarray], *, tolerance: float = EQUIVALENCE_TOLERANCE,
+                            small_chunk_rows: int = 97) -> str | None:
+    """None if ``run(chunks, path)`` gives the same predictions on the ``"batch"`` path as on the
+    ``"per-event"`` path (to ``tolerance``), also with the events cut into small pieces; else what differs."""
+    reference = run(chunks, "per-event")
+    for label, stream in (("", chunks), (f" in {small_chunk_rows}-row pieces", rechunk(chunks, small_chunk_rows))):
+        worst, kind = batch_difference(reference, run(stream, "batch"))
+        if kind:
+            return f"batch path{label}: {kind}"
+        if worst > tolerance:
+            return f"batch path{label}: differs from the per-event path by {worst:.3g} (> {tolerance:g})"
+    return None
+
+
 def check_model(spec_or_class: Any, *, params: Any = None, params_cls: type | None = None,
                 worlds: Sequence[str] = ("informed", "null"), duration: str | int = "2m", seed: int = 0,
                 horizon: str | int = "1s") -> ConformanceReport:
@@ -372,6 +427,7 @@ def check_model(spec_or_class: Any, *, params: Any = None, params_cls: type | No
     horizon_ns, duration_ns = _ns(horizon), _ns(duration)
     setup = _Setup(spec, instance, seed, horizon_ns)
     state_supported = all(callable(getattr(setup.build(), m, None)) for m in ("state_dict", "load_state_dict"))
+    has_both = all(callable(getattr(setup.build(), m, None)) for m in ("on_batch", "predict"))
 
     for world in worlds:
         full = simulate_stream(world, duration_ns, seed, horizon_ns)
@@ -402,6 +458,14 @@ def check_model(spec_or_class: Any, *, params: Any = None, params_cls: type | No
         add(CheckResult("no_future", FAIL if diff else PASS,
                         f"{world}: " + (f"predictions depend on later events: {diff}" if diff else
                                         f"{len(half['p'])} fills prefix invariant")))
+        # The batch path (on_batch) gives the per-event path's predictions.
+        if has_both:
+            try:
+                diff = check_batch_equivalence(lambda chunks, path: setup.run(chunks, path=path), full)
+            except Exception as err:
+                diff = f"failed: {type(err).__name__}: {err}"
+            add(CheckResult("batch_equivalence", FAIL if diff else PASS,
+                            f"{world}: " + (diff or f"{n_fills} fills equal to {EQUIVALENCE_TOLERANCE:g}")))
         # State save/restore.
         if not state_supported:
             continue
@@ -413,6 +477,8 @@ def check_model(spec_or_class: Any, *, params: Any = None, params_cls: type | No
         add(CheckResult("state", FAIL if diff else PASS, f"{world}: " + (diff or "restored state predicts identically")))
     if not state_supported:
         add(CheckResult("state", SKIP, "not supported (no state_dict()/load_state_dict())"))
+    if not has_both:
+        add(CheckResult("batch_equivalence", SKIP, "the model does not have both on_batch() and predict()"))
 
     # Empty input: nothing at all, then a fill with nothing before it.
     cold = new_rows(TRADE, TARGET.venue, TARGET.symbol, np.array([_START_NS], dtype=np.int64))
