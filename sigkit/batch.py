@@ -29,6 +29,12 @@ from sigkit.events import BOOK, EVENT_DTYPE, FILL, STAT, TRADE
 __all__ = ["EVENT", "QUERY", "OUTCOME", "TRADE", "BOOK", "STAT", "FILL", "Batch", "MarketCodes", "FillSlots",
            "BatchPredictions"]
 
+# The venue and symbol columns lie side by side in a row: their bytes identify a market.
+_NAME_START = EVENT_DTYPE.fields["venue"][1]
+_NAME_END = EVENT_DTYPE.fields["symbol"][1] + EVENT_DTYPE["symbol"].itemsize
+assert _NAME_START + EVENT_DTYPE["venue"].itemsize == EVENT_DTYPE.fields["symbol"][1]
+assert (_NAME_END - _NAME_START) % 8 == 0
+
 #: Schedule steps (``batch.op``).
 EVENT = 0
 QUERY = 1
@@ -42,6 +48,7 @@ class MarketCodes:
 
     def __init__(self) -> None:
         self._codes: dict[tuple[str, str], int] = {}
+        self._keys: list[np.ndarray] = []  # the raw bytes of each market's venue and symbol, as words
         self.names: list[tuple[str, str]] = []
 
     def code(self, venue: str, symbol: str) -> int:
@@ -50,26 +57,34 @@ class MarketCodes:
         if code is None:
             code = self._codes[key] = len(self.names)
             self.names.append(key)
+            row = np.zeros(1, dtype=EVENT_DTYPE)
+            row["venue"], row["symbol"] = venue, symbol
+            raw = row.view(np.uint8)[_NAME_START:_NAME_END]
+            self._keys.append(np.frombuffer(raw.tobytes(), dtype=np.uint64))
         return code
 
-    def of_rows(self, venue: np.ndarray, symbol: np.ndarray) -> np.ndarray:
-        """The code of every row (``int32``)."""
-        out = np.full(len(venue), -1, dtype=np.int32)
-        left = np.ones(len(venue), dtype=bool)
-        for key, code in self._codes.items():
-            if not left.any():
-                break
-            hit = left & (venue == key[0]) & (symbol == key[1])
+    def of_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        """The code of every row of an event chunk (``int32``).  Markets are matched on the raw bytes of the
+        venue and symbol columns, a few integer compares a row."""
+        n = len(chunk)
+        out = np.full(n, -1, dtype=np.int32)
+        if not n:
+            return out
+        rows = np.ascontiguousarray(chunk).view(np.uint8).reshape(n, EVENT_DTYPE.itemsize)
+        words = np.ascontiguousarray(rows[:, _NAME_START:_NAME_END]).view(np.uint64)
+        left = np.ones(n, dtype=bool)
+        for code, key in enumerate(self._keys):
+            hit = (words == key).all(axis=1)
             out[hit] = code
             left &= ~hit
-        if left.any():
-            rows = np.flatnonzero(left)
-            for r in rows.tolist():  # markets not seen before: few, numbered in order of first appearance
-                if out[r] < 0:
-                    code = self.code(str(venue[r]), str(symbol[r]))
-                    same = left & (venue == venue[r]) & (symbol == symbol[r])
-                    out[same] = code
-                    left &= ~same
+            if not left.any():
+                return out
+        while left.any():  # markets not seen before, numbered in order of first appearance
+            r = int(np.argmax(left))
+            code = self.code(str(chunk["venue"][r]), str(chunk["symbol"][r]))
+            hit = (words == self._keys[code]).all(axis=1)
+            out[hit] = code
+            left &= ~hit
         return out
 
     def state_dict(self) -> dict:
@@ -77,6 +92,7 @@ class MarketCodes:
 
     def load_state_dict(self, state: dict) -> None:
         self._codes.clear()
+        self._keys.clear()
         self.names.clear()
         for venue, symbol in state["names"]:
             self.code(venue, symbol)

@@ -85,6 +85,9 @@ def merge_chunks(sources: Sequence[tuple[str, Iterable[np.ndarray]]]) -> Iterato
     Each yielded chunk ends at a timestamp boundary: all events sharing a timestamp arrive in one chunk.
     Raises :class:`DataError` if a source goes back in time.
     """
+    if len(sources) == 1:
+        yield from _single_source(*sources[0])
+        return
     iters = [iter(chunks) for _, chunks in sources]
     buffers: list[np.ndarray | None] = [None] * len(sources)
     last_seen = [None] * len(sources)
@@ -134,6 +137,39 @@ def merge_chunks(sources: Sequence[tuple[str, Iterable[np.ndarray]]]) -> Iterato
             buf = buffers[k]
             if buf is None or not len(buf) or int(buf["ts_ns"][-1]) <= cut:
                 refill(k)
+
+
+def _single_source(label: str, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """:func:`merge_chunks` of one source: its chunks as they are, except that a group of equal timestamp
+    cut by a chunk boundary is joined (only that group is copied)."""
+    last = None
+    carry = None  # the source's rows at the last timestamp seen, held until the next timestamp shows up
+    for chunk in chunks:
+        if chunk.dtype != EVENT_DTYPE:
+            raise PluginError(f"source {label!r} yielded an array that is not of sigkit.EVENT_DTYPE")
+        if len(chunk) == 0:
+            continue
+        ts = chunk["ts_ns"]
+        back = np.flatnonzero(ts[1:] < ts[:-1])
+        if len(back) or (last is not None and ts[0] < last):
+            at = int(ts[back[0] + 1]) if len(back) else int(ts[0])
+            raise DataError(f"source {label!r} goes back in time at ts_ns={at}; events must be sorted by time")
+        if carry is not None:
+            same = int(np.searchsorted(ts, last, side="right"))
+            if same:
+                carry = np.concatenate([carry, chunk[:same]])
+                chunk = chunk[same:]
+                if not len(chunk):
+                    continue
+            yield carry
+            ts = chunk["ts_ns"]
+        last = int(ts[-1])
+        cut = int(np.searchsorted(ts, last, side="left"))
+        if cut:
+            yield chunk[:cut]
+        carry = chunk[cut:]
+    if carry is not None:
+        yield carry
 
 
 def _interleave(parts: list[tuple[int, np.ndarray]]) -> np.ndarray:
@@ -444,7 +480,7 @@ class _State:
             self.first_ts = int(ts[0])
             if self.replay.snapshot_interval_ns:
                 self.next_snapshot = int(ts[0]) + self.replay.snapshot_interval_ns
-        market = self.markets.of_rows(chunk["venue"], chunk["symbol"])
+        market = self.markets.of_chunk(chunk)
         on_target = market == self.target_code
         is_fill = kind == FILL
         if self.replay.public_fills:

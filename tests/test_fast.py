@@ -317,3 +317,20 @@ def test_the_batch_path_gives_the_per_event_predictions_on_a_real_recording():
 def test_the_conformance_suite_checks_batch_equivalence_of_built_in_models(name):
     report = check_model(name, worlds=("informed",), duration="2m")
     assert report.status("batch_equivalence") == "pass", str(report)
+
+
+def test_market_codes_number_markets_in_order_of_appearance_and_match_whole_names():
+    from sigkit.batch import MarketCodes
+    from sigkit.events import empty_chunk
+
+    chunk = empty_chunk(6)
+    chunk["venue"] = ["a", "b", "a", "sim", "b", "ab"]
+    chunk["symbol"] = ["X", "X", "Y", "BTC", "X", "X"]
+    codes = MarketCodes()
+    assert codes.code("sim", "BTC") == 0
+    assert codes.of_chunk(chunk).tolist() == [1, 2, 3, 0, 2, 4]
+    assert codes.names[1:] == [("a", "X"), ("b", "X"), ("a", "Y"), ("ab", "X")]
+    assert codes.of_chunk(chunk[::-1]).tolist() == [4, 2, 0, 3, 2, 1]  # a strided view, known markets
+    restored = MarketCodes()
+    restored.load_state_dict(codes.state_dict())
+    assert restored.of_chunk(chunk).tolist() == [1, 2, 3, 0, 2, 4]

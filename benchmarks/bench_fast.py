@@ -1,0 +1,291 @@
+"""The fast path against the per-event path and a plain-numpy reference pass, on one simulated day.
+
+    python benchmarks/bench_fast.py                      # the quickstart world over 24h, 1 and 4 models
+    python benchmarks/bench_fast.py --duration 6h        # shorter
+    python benchmarks/bench_fast.py --per-event-limit 2h # the per-event path on the first 2h only
+
+The day is simulated once (the quickstart's ``mixed`` world, seed 7) and kept as a raw file of
+``sigkit.EVENT_DTYPE`` rows in ``--data-dir``; every pass then reads it in 16,384-row chunks from disk, so
+no pass holds the whole day and each can be compared on the same bytes.  Each pass runs in a fresh
+process, which reports its events/second and its peak resident memory (``ru_maxrss``):
+
+* ``per-event``: the engine calling every model's per-event hooks (``sigkit run --per-event``);
+* ``batch``: the engine calling each model's compiled ``on_batch`` kernel (``sigkit run``);
+* ``numpy``: no engine and no model: whole-array numpy over the same columns, computing what a toxicity
+  pass must at least compute (target mid, every fill's label at the horizon, causal trade-flow, volume
+  and return sums over 100 ms / 1 s / 10 s windows at every fill, book imbalance and spread at every fill,
+  the running base rate).  This is the memory-speed floor of this machine for a pass over these columns.
+
+"1 model" is ``enhanced_as``; "4 models" is the quickstart recipe: enhanced_as, prefill_toxicity,
+cross_asset and onchain_oi, the base-rate reference and the stacking ensemble.  Figures to read, not a
+test: these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CHUNK_ROWS = 16_384
+HORIZON_NS = 1_000_000_000
+WINDOWS_NS = (100_000_000, 1_000_000_000, 10_000_000_000)
+ONE_MODEL = """\
+  - id: enhanced_as
+    model: enhanced_as
+"""
+
+
+class RawFile:
+    """A source reading a raw ``EVENT_DTYPE`` file chunk by chunk (``limit``: rows up to that time)."""
+
+    def __init__(self, path: Path, limit_ns: int | None = None):
+        self.path, self.limit_ns = path, limit_ns
+
+    def chunks(self):
+        from sigkit.events import EVENT_DTYPE
+
+        with open(self.path, "rb") as handle:
+            while True:
+                chunk = np.fromfile(handle, dtype=EVENT_DTYPE, count=CHUNK_ROWS)
+                if not len(chunk):
+                    return
+                if self.limit_ns is not None and chunk["ts_ns"][-1] > self.limit_ns:
+                    yield chunk[:int(np.searchsorted(chunk["ts_ns"], self.limit_ns, side="right"))]
+                    return
+                yield chunk
+                if len(chunk) < CHUNK_ROWS:
+                    return
+
+
+def simulate_day(data_dir: Path, duration: str, seed: int) -> tuple[Path, dict]:
+    """The simulated data file (made once), and its description."""
+    from sigkit import sim
+    from sigkit.units import parse_duration
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / f"mixed-seed{seed}-{duration}.events"
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        return path, json.loads(meta_path.read_text())
+    print(f"simulating {duration} of the mixed world (once; kept in {path}) ...", flush=True)
+    started = time.perf_counter()
+    rows = 0
+    first = last = None
+    partial = path.with_suffix(".partial")
+    with open(partial, "wb") as out:
+        for chunk in sim.simulate("mixed", seed=seed, duration_ns=parse_duration(duration)):
+            chunk.tofile(out)
+            rows += len(chunk)
+            first = int(chunk["ts_ns"][0]) if first is None else first
+            last = int(chunk["ts_ns"][-1])
+    partial.rename(path)
+    meta = {"world": "mixed", "seed": seed, "duration": duration, "events": rows, "first_ts_ns": first,
+            "last_ts_ns": last, "simulated_in_s": round(time.perf_counter() - started, 1)}
+    meta_path.write_text(json.dumps(meta))
+    return path, meta
+
+
+def recipe_text(models: int, duration: str) -> str:
+    text = (REPO / "recipes" / "quickstart.yaml").read_text()
+    text = re.sub(r"(?m)^(\s+duration:).*$", rf"\1 {duration}", text)
+    if models == 1:
+        head, _, _ = text.partition("models:")
+        text = head + "models:\n" + ONE_MODEL
+    return text
+
+
+def engine_pass(path: Path, models: int, mode: str, duration: str, limit_ns: int | None) -> dict:
+    import tempfile
+
+    from sigkit.engine import replay_from_recipe
+    from sigkit.plugins import build_registry
+    from sigkit.recipe import load_recipe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe_path = Path(tmp) / "bench.yaml"
+        recipe_path.write_text(recipe_text(models, duration))
+        recipe = load_recipe(recipe_path, build_registry())
+    replay = replay_from_recipe(recipe, sources=[("day", RawFile(path, limit_ns))], path=mode)
+    if mode == "batch":  # compile (or load from numba's cache) outside the timing: a first run pays it once
+        first = next(RawFile(path).chunks())
+        replay_from_recipe(recipe, sources=[("warm-up", _Once(first[:2000]))], path=mode).run()
+    started = time.perf_counter()
+    result = replay.run()
+    elapsed = time.perf_counter() - started
+    events = sum(result.events.values())
+    return {"events": events, "fills": int(len(result.fills["ts_ns"])), "seconds": elapsed}
+
+
+class _Once:
+    def __init__(self, chunk):
+        self.chunk = chunk
+
+    def chunks(self):
+        yield self.chunk
+
+
+def numpy_pass(path: Path, limit_ns: int | None) -> dict:
+    """Whole-array numpy over the same columns; see the module doc."""
+    from sigkit.events import BOOK, STAT, TRADE
+
+    started = time.perf_counter()
+    venue, symbol = "sim", "BTC-PERP"
+    tail_ts = np.empty(0, dtype=np.int64)  # target trades of the last 10 s (for the windows)
+    tail_flow = np.empty((0, 2))
+    last_mid_ts, last_mid = np.empty(0, dtype=np.int64), np.empty(0)
+    pending_ts = np.empty(0, dtype=np.int64)  # fills waiting for their label
+    pending = np.empty((0, 2))  # side, price
+    adverse = seen = 0.0
+    events = fills = 0
+    checksum = 0.0
+    for chunk in RawFile(path, limit_ns).chunks():
+        events += len(chunk)
+        ts, kind = chunk["ts_ns"], chunk["kind"]
+        target = (chunk["venue"] == venue) & (chunk["symbol"] == symbol)
+        stats = kind == STAT
+        checksum += float(np.nansum(chunk["open_interest"][stats])) * 0.0
+        book = target & (kind == BOOK)
+        trade = target & (kind == TRADE)
+        bid, ask = chunk["bid_px"][book], chunk["ask_px"][book]
+        bid_sz, ask_sz = chunk["bid_sz"][book], chunk["ask_sz"][book]
+        mid_ts = np.concatenate([last_mid_ts, ts[book]])
+        mid = np.concatenate([last_mid, 0.5 * (bid + ask)])
+        imbalance = (bid_sz - ask_sz) / np.maximum(bid_sz + ask_sz, 1e-12)
+        spread = (ask - bid) / np.maximum(0.5 * (bid + ask), 1e-12) * 1e4
+        # Fills: every target trade, asked at the mid before it.
+        f_ts = ts[trade]
+        f_side = -chunk["side"][trade].astype(float)
+        f_price = chunk["price"][trade]
+        before = np.searchsorted(mid_ts, f_ts, side="left") - 1
+        f_mid = np.where(before >= 0, mid[np.maximum(before, 0)], np.nan)
+        at_book = np.searchsorted(ts[book], f_ts, side="left") - 1
+        f_imb = np.where(at_book >= 0, imbalance[np.maximum(at_book, 0)], 0.0) * -f_side
+        f_spread = np.where(at_book >= 0, spread[np.maximum(at_book, 0)], 0.0)
+        # Causal window sums of signed volume, volume and trade count (strictly before each fill).
+        all_ts = np.concatenate([tail_ts, f_ts])
+        signed = chunk["side"][trade] * chunk["size"][trade]
+        flow = np.concatenate([tail_flow, np.column_stack([signed, chunk["size"][trade]])])
+        csum = np.vstack([np.zeros((1, 2)), np.cumsum(flow, axis=0)])
+        here = np.searchsorted(all_ts, f_ts, side="left")
+        features = [f_imb, f_spread]
+        for window in WINDOWS_NS:
+            start = np.searchsorted(all_ts, f_ts - window, side="left")
+            sums = csum[here] - csum[start]
+            features.append(-f_side * sums[:, 0] / np.maximum(sums[:, 1], 1e-12))
+            features.append(here - start)
+        # Mid return over each window before the fill.
+        for window in WINDOWS_NS:
+            back = np.searchsorted(mid_ts, f_ts - window, side="left") - 1
+            then = np.where(back >= 0, mid[np.maximum(back, 0)], np.nan)
+            features.append((f_mid - then) / then * 1e4 * -f_side)
+        # Labels: the mid at each pending fill's horizon, for those whose horizon has passed.
+        p_ts = np.concatenate([pending_ts, f_ts])
+        p = np.concatenate([pending, np.column_stack([-f_side, f_price])])
+        due = p_ts + HORIZON_NS
+        done = due < ts[-1]
+        at = np.searchsorted(mid_ts, due[done], side="right") - 1
+        label_mid = np.where(at >= 0, mid[np.maximum(at, 0)], np.nan)
+        markout = p[done, 0] * (label_mid - p[done, 1]) / p[done, 1] * 1e4
+        was_adverse = markout < 0
+        rate = (adverse + np.cumsum(was_adverse) + 1.0) / (seen + np.arange(1, len(markout) + 1) + 2.0)
+        adverse += float(was_adverse.sum())
+        seen += float(len(markout))
+        checksum += float(np.nansum(np.vstack(features))) * 0.0 + float(rate[-1] if len(rate) else 0.0) * 0.0
+        pending_ts, pending = p_ts[~done], p[~done]
+        fills += len(f_ts)
+        keep = all_ts >= ts[-1] - WINDOWS_NS[-1]
+        tail_ts, tail_flow = all_ts[keep], flow[keep]
+        keep = mid_ts >= ts[-1] - WINDOWS_NS[-1]
+        keep[-1:] = True
+        last_mid_ts, last_mid = mid_ts[keep], mid[keep]
+    return {"events": events, "fills": fills, "seconds": time.perf_counter() - started, "checksum": checksum}
+
+
+def child(args) -> None:
+    path = Path(args.data)
+    limit_ns = args.limit_ns if args.limit_ns > 0 else None
+    if args.mode == "numpy":
+        out = numpy_pass(path, limit_ns)
+    else:
+        out = engine_pass(path, args.models, args.mode, args.duration, limit_ns)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def run_child(data: Path, mode: str, models: int, duration: str, limit_ns: int | None) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--data", str(data), "--models", str(models),
+           "--duration", duration, "--limit-ns", str(limit_ns or 0)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    if done.returncode:
+        raise SystemExit(f"{mode} pass failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", default="24h", help="simulated span, with a unit")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--per-event-limit", default=None,
+                        help="run the per-event path on this much of the data only (it is the slow one)")
+    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "sigkit" / "bench")
+    parser.add_argument("--models", default="1,4", help="which model counts to run: 1, 4 or 1,4")
+    parser.add_argument("--streaming", action="store_true",
+                        help="also run the batch path on a quarter and on half of the data, to show peak memory")
+    parser.add_argument("--child", choices=["per-event", "batch", "numpy"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--limit-ns", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.mode = args.child
+        args.models = int(args.models)
+        child(args)
+        return
+
+    from sigkit.units import parse_duration
+
+    data, meta = simulate_day(args.data_dir, args.duration, args.seed)
+    first = meta["first_ts_ns"]
+    print(f"data: {meta['events']:,} events, {args.duration} of the mixed world, seed {args.seed} "
+          f"({data.stat().st_size / 1e9:.2f} GB raw; simulated in {meta['simulated_in_s']} s)")
+    per_event_limit = first + parse_duration(args.per_event_limit) if args.per_event_limit else None
+    rows = []
+    numpy_ref = run_child(data, "numpy", 0, args.duration, None)
+    rows.append(("numpy reference", "-", numpy_ref))
+    for models in [int(m) for m in args.models.split(",")]:
+        per_event = run_child(data, "per-event", models, args.duration, per_event_limit)
+        batch = run_child(data, "batch", models, args.duration, None)
+        rows.append(("per-event", models, per_event))
+        rows.append(("batch", models, batch))
+        if args.streaming:
+            span = meta["last_ts_ns"] - first
+            for share in (4, 2):
+                part = run_child(data, "batch", models, args.duration, first + span // share)
+                rows.append((f"batch, 1/{share} of the data", models, part))
+    print(f"\n{'pass':<26} {'models':>6} {'events':>12} {'fills':>10} {'seconds':>9} {'events/s':>12} "
+          f"{'peak MB':>8}")
+    for name, models, r in rows:
+        rate = r["events"] / r["seconds"]
+        print(f"{name:<26} {models!s:>6} {r['events']:>12,} {r['fills']:>10,} {r['seconds']:>9.2f} {rate:>12,.0f} "
+              f"{r['peak_rss_mb']:>8.0f}")
+    print()
+    ref_rate = numpy_ref["events"] / numpy_ref["seconds"]
+    for models in [int(m) for m in args.models.split(",")]:
+        pe = next(r for n, m, r in rows if n == "per-event" and m == models)
+        b = next(r for n, m, r in rows if n == "batch" and m == models)
+        b_rate, pe_rate = b["events"] / b["seconds"], pe["events"] / pe["seconds"]
+        print(f"{models} model{'s' if models > 1 else ''}: batch is {b_rate / pe_rate:.1f}x the per-event path and "
+              f"{ref_rate / b_rate:.1f}x slower than the numpy reference")
+
+
+if __name__ == "__main__":
+    main()
