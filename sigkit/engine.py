@@ -206,8 +206,9 @@ class Replay:
                  ensembles: Sequence[tuple[str, Any, Sequence[str]]] = (), target: Market, labelling: Labelling,
                  public_fills: bool = True, snapshot_interval_ns: int | None = None,
                  provenance: dict[str, str] | None = None, on_error: str = "stop", identity: dict | None = None,
-                 path: str = "batch"):
+                 path: str = "batch", spill_rows: int = 1 << 18):
         self.target = target
+        self.spill_rows = spill_rows  # settled fills kept in memory before they move to disk (see _Columns)
         if path not in ("batch", "per-event"):
             raise SigkitError(f"path must be 'batch' or 'per-event', not {path!r}")
         self.path = path  # "per-event": call the per-event hooks even of models that have on_batch
@@ -344,7 +345,7 @@ class Replay:
             # Outcomes whose horizon ended at or before the last event are final; later ones are unknown.
             state.deliver_due(state.last_ts + 1)
         result = state.result(completed=stop_reason is None, stop_reason=stop_reason,
-                              elapsed_s=time.perf_counter() - started)
+                              elapsed_s=time.perf_counter() - started, final=True)
         result.resumed_from_ts_ns = resumed_from
         result.checkpoints = [{k: c[k] for k in ("ts_ns", "bytes", "save_s")} for c in checkpoints]
         return result
@@ -366,11 +367,19 @@ class Replay:
 
 
 class _Columns:
-    """Growable numpy columns, one entry per fill (the run's results and what outcomes need)."""
+    """One row per fill: the run's results and what outcomes need, in growable numpy columns.
 
-    def __init__(self, n_horizons: int, n_models: int, n_ensembles: int):
-        self.n = 0
+    Rows whose every outcome is settled are final.  Once more than ``spill_rows`` of them pile up they are
+    appended to files in a temporary folder and leave memory, so a long replay streams: its memory does
+    not grow with the data.  The result then maps those files (``numpy.memmap``) instead of copying them.
+    Indexes are the fills' run-wide numbers; ``base`` is the first still in memory (``local(i) = i - base``).
+    """
+
+    def __init__(self, n_horizons: int, n_models: int, n_ensembles: int, spill_rows: int = 1 << 18):
+        self.n = 0  # fills so far
+        self.base = 0  # fills before this one are on disk
         self.cap = 0
+        self.spill_rows = spill_rows
         self.shapes = {"ts": (np.int64, ()), "market": (np.int32, ()), "side": (np.int8, ()),
                        "price": (float, ()), "size": (float, ()), "mid": (float, ()), "p_ref": (float, ()),
                        "truth": (float, ()), "was_adverse": (float, ()), "markouts": (float, (n_horizons,)),
@@ -378,32 +387,85 @@ class _Columns:
                        "ens_p": (float, (n_ensembles,)), "ens_confidence": (float, (n_ensembles,)),
                        "ens_cost": (float, (n_ensembles,))}
         self.cols: dict[str, np.ndarray] = {}
+        self.spill_dir: str | None = None
+        self._files: dict = {}
         self._grow(1024)
 
     def _grow(self, cap: int) -> None:
+        held = self.n - self.base
         for name, (dtype, tail) in self.shapes.items():
             new = np.full((cap, *tail), np.nan) if dtype is float else np.zeros((cap, *tail), dtype=dtype)
-            if self.n:
-                new[:self.n] = self.cols[name][:self.n]
+            if held:
+                new[:held] = self.cols[name][:held]
             self.cols[name] = new
         self.cap = cap
 
     def append(self, k: int) -> slice:
-        """Room for ``k`` more fills; returns their slice."""
-        if self.n + k > self.cap:
+        """Room for ``k`` more fills; returns their (local) slice."""
+        held = self.n - self.base
+        if held + k > self.cap:
             cap = self.cap
-            while self.n + k > cap:
+            while held + k > cap:
                 cap *= 2
             self._grow(cap)
-        rows = slice(self.n, self.n + k)
+        rows = slice(held, held + k)
         self.n += k
         return rows
 
     def __getitem__(self, name: str) -> np.ndarray:
+        """The in-memory rows of a column (index them with :meth:`local` numbers)."""
         return self.cols[name]
 
+    def retire(self, final: int) -> None:
+        """Fills before ``final`` are settled: move them to disk if enough have piled up."""
+        count = final - self.base
+        if count < self.spill_rows:
+            return
+        import tempfile
+
+        if self.spill_dir is None:
+            self.spill_dir = tempfile.mkdtemp(prefix="sigkit-fills-")
+        held = self.n - self.base
+        for name, col in self.cols.items():
+            handle = self._files.get(name)
+            if handle is None:
+                handle = self._files[name] = open(Path(self.spill_dir) / name, "wb")
+            np.ascontiguousarray(col[:count]).tofile(handle)
+            col[:held - count] = col[count:held]
+            if col.dtype.kind == "f":
+                col[held - count:held] = np.nan
+        self.base = final
+
     def view(self, name: str) -> np.ndarray:
-        return self.cols[name][:self.n]
+        """Every row of a column: in memory, or (once spilled) the disk rows and the memory rows joined."""
+        held = self.cols[name][:self.n - self.base]
+        if not self.base:
+            return held
+        self._files[name].flush()
+        dtype, tail = self.shapes[name]
+        disk = np.fromfile(Path(self.spill_dir) / name, dtype=dtype).reshape(self.base, *tail)
+        return np.concatenate([disk, held])
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """Every column, complete.  Spilled columns come back as read-only maps of their files (written out
+        in full first), so the result of a long run costs no memory until it is read."""
+        if not self.base:
+            return {name: self.view(name).copy() for name in self.shapes}
+        out = {}
+        for name in self.shapes:
+            handle = self._files.pop(name)
+            np.ascontiguousarray(self.cols[name][:self.n - self.base]).tofile(handle)
+            handle.close()
+            dtype, tail = self.shapes[name]
+            path = Path(self.spill_dir) / name
+            shape = (self.n, *tail)
+            out[name] = np.memmap(path, dtype=dtype, mode="r", shape=shape) if math.prod(shape) else \
+                np.empty(shape, dtype=dtype)
+        import shutil
+
+        shutil.rmtree(self.spill_dir, ignore_errors=True)  # the maps keep the files' data alive
+        self.spill_dir = None
+        return out
 
 
 class _State:
@@ -463,7 +525,7 @@ class _State:
         self.last_ts = None
         self.history: list[dict] = []
         self.next_snapshot = None
-        self.fills = _Columns(len(self.horizons), len(replay.model_ids), len(replay.ensembles))
+        self.fills = _Columns(len(self.horizons), len(replay.model_ids), len(replay.ensembles), replay.spill_rows)
 
     @property
     def reference_rate(self) -> float:
@@ -526,12 +588,18 @@ class _State:
                              fill_group, event_rows))
         self.mid = end_mid
         self.last_ts = int(ts[-1])
+        self._retire()
         counts = np.bincount(kind, minlength=5)
         self.events["trade"] += int(counts[TRADE])
         self.events["book"] += int(counts[BOOK])
         self.events["stat"] += int(counts[STAT])
         self.events["fill"] += int(counts[FILL])
         self.events_total += n
+
+    def _retire(self) -> None:
+        """Let the columns move settled fills (every horizon delivered, or never to be) to disk."""
+        final = min([int(p[0]) for p in self.pending if len(p)] + [self.fills.n])
+        self.fills.retire(final)
 
     def deliver_due(self, now_ns: int) -> None:
         """Deliver every pending outcome whose horizon ended before ``now_ns`` (at the end of a run)."""
@@ -544,26 +612,27 @@ class _State:
         """Label what falls due in this piece and lay out its schedule: per group, the outcomes due before
         it, then its fills, then its events.  Returns the batch and, per group, where its queries start."""
         f = self.fills
+        b = f.base
         n_groups = len(group_ts)
         oldest_pending = int(self.pending[self.primary][0]) if len(self.pending[self.primary]) else first_fill
         new_fills = np.arange(first_fill, f.n, dtype=np.int64)
         out_fill = out_group = None
         for hi, h in enumerate(self.horizons):
             cand = np.concatenate([self.pending[hi], new_fills]) if len(self.pending[hi]) else new_fills
-            due = f["ts"][cand] + h
+            due = f["ts"][cand - b] + h
             group = np.searchsorted(group_ts, due, side="right")  # the first group later than the due time
             k = int(np.searchsorted(group, n_groups, side="left"))
             done, group, self.pending[hi] = cand[:k], group[:k], cand[k:]
             mid = mid_before_group[group]
             valid = mid == mid  # no target book yet: no markout at this horizon
             done, group, mid = done[valid], group[valid], mid[valid]
-            side = f["side"][done]
-            price = f["price"][done]
+            side = f["side"][done - b]
+            price = f["price"][done - b]
             markout = side * (mid - price) / price * 1e4
-            f["markouts"][done, hi] = markout
+            f["markouts"][done - b, hi] = markout
             if hi == self.primary:
                 adverse = markout < -self.labelling.threshold_bps
-                f["was_adverse"][done] = adverse
+                f["was_adverse"][done - b] = adverse
                 out_fill, out_group, out_mid, out_markout, out_adverse = done, group, mid, markout, adverse
         # The schedule.
         n_out = np.bincount(out_group, minlength=n_groups)
@@ -590,13 +659,14 @@ class _State:
         if n_f:
             seen = np.cumsum(n_out)[fill_group] + self.ref_total
             bad = np.cumsum(adverse_by_group)[fill_group] + self.ref_adverse
-            f["p_ref"][first_fill:f.n] = (bad + 1.0) / (seen + 2.0)
+            f["p_ref"][first_fill - b:f.n - b] = (bad + 1.0) / (seen + 2.0)
         self.ref_total += float(n_o)
         self.ref_adverse += float(out_adverse.sum())
-        q = (f["ts"][first_fill:f.n], f["market"][first_fill:f.n], f["side"][first_fill:f.n],
-             f["price"][first_fill:f.n], f["size"][first_fill:f.n], new_fills)
-        o = (out_fill, f["ts"][out_fill], f["market"][out_fill], f["side"][out_fill], f["price"][out_fill],
-             f["size"][out_fill], out_mid, out_markout, out_adverse.astype(float), -out_markout)
+        new = slice(first_fill - b, f.n - b)
+        q = (f["ts"][new], f["market"][new], f["side"][new], f["price"][new], f["size"][new], new_fills)
+        lo = out_fill - b
+        o = (out_fill, f["ts"][lo], f["market"][lo], f["side"][lo], f["price"][lo], f["size"][lo], out_mid, out_markout,
+             out_adverse.astype(float), -out_markout)
         batch = Batch(op=op, ref=ref, events=chunk, market=market, q=q, o=o, horizon_ns=self.labelling.horizon_ns,
                       markets=self.markets, target=self.target_code, oldest_pending=oldest_pending)
         return batch, group_ts, offset + n_out
@@ -625,7 +695,7 @@ class _State:
 
     def _steps(self, batch: Batch) -> None:
         f = self.fills
-        q_fill = batch.q_fill
+        q_fill = batch.q_fill - f.base  # rows in memory
         replay = self.replay
         for m, on_batch in self.batch_models:
             model_id = replay.model_ids[m]
@@ -715,6 +785,7 @@ class _State:
         predictors, ensembles, outcome_handlers = self.predictors, self.event_ensembles, self.outcome_handlers
         n_models = len(self.replay.model_ids)
         P, C, K = f["p"], f["confidence"], f["cost"]
+        b = f.base
         fill_objects = self.fill_objects
         keep_objects = self.wants_fill_objects
         horizon = self.labelling.horizon_ns
@@ -745,11 +816,11 @@ class _State:
                             handler(record)
                 elif step == QUERY:
                     t = q_ts[r]
-                    i = q_fill[r]
                     v, s = names[q_market[r]]
                     query = FillQuery(t, v, s, q_side[r], q_price[r], q_size[r])
                     if keep_objects:
-                        fill_objects[i] = query
+                        fill_objects[q_fill[r]] = query
+                    i = q_fill[r] - b
                     self._asking = i
                     for m, predictor in predictors:
                         pred = predictor(query)
@@ -768,8 +839,8 @@ class _State:
                             f["ens_confidence"][i, e] = pred.confidence
                             f["ens_cost"][i, e] = pred.expected_cost_bps
                 else:
-                    i = o_fill[r]
-                    query = fill_objects.pop(i, None) if keep_objects else None
+                    i = o_fill[r] - b
+                    query = fill_objects.pop(o_fill[r], None) if keep_objects else None
                     if query is None:
                         query = self._fill_object(i)
                     markout = o_markout[r]
@@ -793,6 +864,7 @@ class _State:
             raise ModelError(f"{culprit[0]} raised {type(err).__name__} in {culprit[1]} at ts_ns={t}: {err}") from err
 
     def _fill_object(self, i: int) -> FillQuery:
+        """The fill in memory row ``i`` as a record (for fills asked before a checkpoint was restored)."""
         f = self.fills
         venue, symbol = self.markets.names[int(f["market"][i])]
         return FillQuery(int(f["ts"][i]), venue, symbol, int(f["side"][i]), float(f["price"][i]), float(f["size"][i]))
@@ -865,7 +937,7 @@ class _State:
             "reference": {"adverse": self.ref_adverse, "total": self.ref_total},
             "markets": self.markets.state_dict(),
             "pending": [p.copy() for p in self.pending],
-            "fills": {name: self.fills.view(name).copy() for name in self.fills.shapes},
+            "fills": {name: np.array(self.fills.view(name)) for name in self.fills.shapes},
             "instances": instances,
         }
 
@@ -901,7 +973,7 @@ class _State:
             raise ModelError("the engine state has pending outcomes for another set of horizons")
         saved = state["fills"]
         n = len(saved["ts"])
-        self.fills.n = 0
+        self.fills.n = self.fills.base = 0
         self.fills.append(n)
         for name in self.fills.shapes:
             self.fills[name][:n] = saved[name]
@@ -936,36 +1008,38 @@ class _State:
                 states[name] = chooks["describe"]()
         return states
 
-    def result(self, *, completed: bool, stop_reason: str | None, elapsed_s: float) -> RunResult:
-        f = self.fills
+    def result(self, *, completed: bool, stop_reason: str | None, elapsed_s: float, final: bool = False) -> RunResult:
+        """What the run produced so far (``final``: the run is over, and spilled columns may be handed over
+        as maps of their files)."""
+        cols = self.fills.finish() if final else {name: self.fills.view(name).copy() for name in self.fills.shapes}
         names = self.markets.names
-        market = f.view("market")
+        market = cols["market"]
         venues = np.array([v for v, _ in names] or [""], dtype=str)
         symbols = np.array([s for _, s in names] or [""], dtype=str)
-        markouts = f.view("markouts")
+        markouts = cols["markouts"]
         fills = {
-            "ts_ns": f.view("ts").copy(),
+            "ts_ns": cols["ts"],
             "venue": venues[market] if len(market) else np.array([], dtype=str),
             "symbol": symbols[market] if len(market) else np.array([], dtype=str),
-            "side": f.view("side").copy(),
-            "price": f.view("price").copy(),
-            "size": f.view("size").copy(),
-            "mid": f.view("mid").copy(),
-            "p_ref": f.view("p_ref").copy(),
-            "truth": f.view("truth").copy(),
-            "was_adverse": f.view("was_adverse").copy(),
+            "side": cols["side"],
+            "price": cols["price"],
+            "size": cols["size"],
+            "mid": cols["mid"],
+            "p_ref": cols["p_ref"],
+            "truth": cols["truth"],
+            "was_adverse": cols["was_adverse"],
         }
         fills["labelled"] = ~np.isnan(fills["was_adverse"])
         fills["realized_as_bps"] = -markouts[:, self.primary]
         for hi, h in enumerate(self.horizons):
-            fills[f"markout_{h}"] = markouts[:, hi].copy()
+            fills[f"markout_{h}"] = markouts[:, hi]
         predictions = {}
         for m, mid in enumerate(self.replay.model_ids):
-            predictions[mid] = {"p": f.view("p")[:, m].copy(), "confidence": f.view("confidence")[:, m].copy(),
-                                "cost_bps": f.view("cost")[:, m].copy()}
+            predictions[mid] = {"p": cols["p"][:, m], "confidence": cols["confidence"][:, m],
+                                "cost_bps": cols["cost"][:, m]}
         for e, (name, *_rest) in enumerate(self.replay.ensembles):
-            predictions[name] = {"p": f.view("ens_p")[:, e].copy(), "confidence": f.view("ens_confidence")[:, e].copy(),
-                                 "cost_bps": f.view("ens_cost")[:, e].copy()}
+            predictions[name] = {"p": cols["ens_p"][:, e], "confidence": cols["ens_confidence"][:, e],
+                                 "cost_bps": cols["ens_cost"][:, e]}
         return RunResult(
             model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=self.describe_all(),
             state_history=self.history, dropped=dict(self.dropped),

@@ -334,3 +334,36 @@ def test_market_codes_number_markets_in_order_of_appearance_and_match_whole_name
     restored = MarketCodes()
     restored.load_state_dict(codes.state_dict())
     assert restored.of_chunk(chunk).tolist() == [1, 2, 3, 0, 2, 4]
+
+
+def test_settled_fills_move_to_disk_and_the_result_and_checkpoints_are_unchanged(tmp_path):
+    chunks = simulate_stream("informed", "3m", seed=4)
+
+    def run(spill_rows, **kwargs):
+        registry = build_registry()
+        models = [(name, registry.lookup("model", name).factory(_params(registry, name), _context(name)))
+                  for name in ("flow", "base_rate")]
+        replay = Replay(sources=[("s", ListSource(chunks))], models=models, target=sigkit.testing.TARGET,
+                        labelling=Labelling(10**9, 0.0, (10**8, 5 * 10**9)), spill_rows=spill_rows)
+        return replay.run(**kwargs)
+
+    memory = run(1 << 30)
+    spilled = run(50, checkpoint_path=tmp_path / "c.npz", checkpoint_every_ns=30 * 10**9)
+    assert isinstance(spilled.fills["ts_ns"], np.memmap) and not isinstance(memory.fills["ts_ns"], np.memmap)
+    for key, values in memory.fills.items():
+        assert np.array_equal(values, spilled.fills[key], equal_nan=values.dtype.kind == "f"), key
+    for name in memory.predictions:
+        for key, values in memory.predictions[name].items():
+            assert np.array_equal(values, spilled.predictions[name][key], equal_nan=True)
+    resumed = run(50, resume_from=tmp_path / "c.npz")  # a checkpoint taken with fills on disk holds them all
+    assert np.array_equal(resumed.predictions["flow"]["p"], memory.predictions["flow"]["p"])
+
+
+def _params(registry, name):
+    from sigkit.params import build_params
+
+    return build_params(registry.lookup("model", name).params, {}, owner=name)
+
+
+def _context(name):
+    return sigkit.RunContext(target=sigkit.testing.TARGET, horizon_ns=10**9, seed=0, instance_id=name)

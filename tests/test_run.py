@@ -110,12 +110,12 @@ def test_predictions_csv_has_one_row_per_fill_with_every_model(tmp_path):
 
 
 def test_sigterm_writes_what_it_has_and_says_so(tmp_path):
-    path = recipe_file(tmp_path, duration="6h", name="long")
+    path = recipe_file(tmp_path, duration="24h", name="long")  # long enough never to end on its own here
     out = tmp_path / "out"
     env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-m", "sigkit.cli", "run", str(path), "--out", str(out), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(4)
+    time.sleep(8)  # past start-up (imports, loading compiled kernels), even on a loaded machine
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
