@@ -73,6 +73,7 @@ class RunResult:
     elapsed_s: float
     resumed_from_ts_ns: int | None = None  # the event time of the checkpoint this run resumed from
     checkpoints: list[dict] = attrs.field(factory=list)  # {ts_ns, bytes, save_s} of each checkpoint written
+    paths: dict[str, str] = attrs.field(factory=dict)  # model or ensemble -> "batch" or "per-event"
 
 
 class _Stopped(Exception):
@@ -1040,7 +1041,12 @@ class _State:
         for e, (name, *_rest) in enumerate(self.replay.ensembles):
             predictions[name] = {"p": cols["ens_p"][:, e], "confidence": cols["ens_confidence"][:, e],
                                  "cost_bps": cols["ens_cost"][:, e]}
+        batch = {self.replay.model_ids[m] for m, _ in self.batch_models}
+        batch |= {self.replay.ensembles[e][0] for e in self.batch_ensembles}
+        paths = {name: "batch" if name in batch else "per-event"
+                 for name in [*self.replay.model_ids, *(name for name, _, _ in self.replay.ensembles)]}
         return RunResult(
+            paths=paths,
             model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=self.describe_all(),
             state_history=self.history, dropped=dict(self.dropped),
             markout_horizons_ns=self.horizons, events=dict(self.events), first_ts_ns=self.first_ts,
