@@ -47,6 +47,12 @@ on log loss to each delivered outcome, on the ``u`` that was issued for that fil
 only as far as delivered outcomes show they help, so a model with nothing to find stays at the base rate
 instead of adding its learning noise.  ``C`` absorbs drift of the base rate.  The confidence is ``n / (n +
 evidence)`` after ``n`` delivered outcomes (evidence seen, not ``max(p, 1 - p)``).
+
+**Batch path.**  ``on_batch`` runs the same hooks over a whole piece of the replay in one compiled kernel
+(numba): the formulas (:func:`scales_decay`, :func:`scales_add`, :func:`scales_set_level`, :func:`ofi_event`,
+:func:`eas_features`, :func:`standardise`, :func:`platt_decision`, :func:`platt_step`) are plain functions that
+the per-event classes call and the kernel calls compiled (:func:`sigkit.fast.twin`), so both paths give the
+same predictions, bit for bit, and leave the same learned state.
 """
 
 from __future__ import annotations
@@ -54,11 +60,14 @@ from __future__ import annotations
 import math
 
 import attrs
+import numpy as np
 
 import sigkit
+from sigkit import fast
+from sigkit.batch import BOOK, EVENT, OUTCOME, QUERY, TRADE
 
-__all__ = ["EnhancedAS", "EnhancedASParams", "EventTimeScales", "OnlinePlatt", "OnlineStandardiser",
-           "ofi_event"]
+__all__ = ["EnhancedAS", "EnhancedASParams", "EventTimeScales", "OnlinePlatt", "OnlineStandardiser", "eas_features",
+           "ofi_event", "platt_decision", "platt_step", "scales_add", "scales_decay", "scales_set_level", "standardise"]
 
 
 @attrs.frozen
@@ -123,27 +132,48 @@ class EventTimeScales(sigkit.LearnedState):
         if dt <= 0:
             return
         self.last_ts = ts_ns
-        keep = [math.exp(-dt / tau) for tau in self.taus]
-        for row in self.sums:
-            for k in range(self.n_scales):
-                row[k] *= keep[k]
-        for j, row in enumerate(self.means):
-            v = self.levels[j]
-            if v == v:
-                for k in range(self.n_scales):
-                    row[k] = v + keep[k] * (row[k] - v)
+        scales_decay(self.taus, self.sums, self.means, self.levels, dt, [0.0] * self.n_scales)
 
     def add(self, j: int, x: float) -> None:
-        row = self.sums[j]
-        for k in range(self.n_scales):
-            row[k] += x
+        scales_add(self.sums[j], x)
 
     def set_level(self, j: int, v: float) -> None:
-        if self.levels[j] != self.levels[j]:  # first value: the average starts there
-            row = self.means[j]
-            for k in range(self.n_scales):
-                row[k] = v
-        self.levels[j] = v
+        scales_set_level(self.means, self.levels, j, v)
+
+
+# EventTimeScales' formulas as plain functions on indexable sequences (``sums[j][k]``: a list of lists here, a
+# 2-d array in the batch kernel, which calls their compiled twins).
+
+def scales_decay(taus, sums, means, levels, dt, keep) -> None:
+    """Decay every sum and time average by ``dt > 0`` ns (``keep``: scratch of one float per scale)."""
+    n = len(taus)
+    for k in range(n):
+        keep[k] = math.exp(-dt / taus[k])
+    for j in range(len(sums)):
+        row = sums[j]
+        for k in range(n):
+            row[k] *= keep[k]
+    for j in range(len(means)):
+        row = means[j]
+        v = levels[j]
+        if v == v:
+            for k in range(n):
+                row[k] = v + keep[k] * (row[k] - v)
+
+
+def scales_add(row, x: float) -> None:
+    """Add the increment ``x`` to a decayed sum at every scale."""
+    for k in range(len(row)):
+        row[k] += x
+
+
+def scales_set_level(means, levels, j: int, v: float) -> None:
+    """Hold level ``j`` at ``v`` from now on; its first value starts the time averages."""
+    if levels[j] != levels[j]:  # first value: the average starts there
+        row = means[j]
+        for k in range(len(row)):
+            row[k] = v
+    levels[j] = v
 
 
 RELATIVE_SD_FLOOR = 0.05
@@ -167,28 +197,36 @@ class OnlineStandardiser(sigkit.LearnedState):
     def transform(self, x: list[float]) -> list[float]:
         """``x`` standardised by the moments before it (clipped to +-clip), then the moments updated with it."""
         self.n += 1
-        alpha = 1.0 / self.n
-        if alpha < self.floor:
-            alpha = self.floor
-        keep = 1.0 - alpha
-        mean, var, clip, sqrt = self.mean, self.var, self.clip, math.sqrt
         out = [0.0] * len(x)
-        for i, v in enumerate(x):
-            m = mean[i]
-            s2 = var[i]
-            d = v - m
-            # A variation below RELATIVE_SD_FLOOR of the feature's own level (e.g. a spread in bps that only
-            # moves because the price level drifts) is not information: scale it away, do not blow it up.
-            sd = sqrt(s2)
-            floor = RELATIVE_SD_FLOOR * (m if m > 0.0 else -m)
-            if sd < floor:
-                sd = floor
-            if sd > 1e-12:
-                z = d / sd
-                out[i] = clip if z > clip else -clip if z < -clip else z
-            mean[i] = m + alpha * d
-            var[i] = keep * (s2 + alpha * d * d)
+        standardise(self.mean, self.var, self.n, self.floor, self.clip, x, out)
         return out
+
+
+def standardise(mean, var, n: int, floor: float, clip: float, x, out) -> None:
+    """:meth:`OnlineStandardiser.transform` after its count went up to ``n``: ``out`` gets ``x`` standardised
+    by the moments before it (clipped to +-clip; 0 where the sd is ~0), then ``mean`` and ``var`` are updated."""
+    alpha = 1.0 / n
+    if alpha < floor:
+        alpha = floor
+    keep = 1.0 - alpha
+    for i in range(len(x)):
+        v = x[i]
+        m = mean[i]
+        s2 = var[i]
+        d = v - m
+        # A variation below RELATIVE_SD_FLOOR of the feature's own level (e.g. a spread in bps that only
+        # moves because the price level drifts) is not information: scale it away, do not blow it up.
+        sd = math.sqrt(s2)
+        level_floor = RELATIVE_SD_FLOOR * (m if m > 0.0 else -m)
+        if sd < level_floor:
+            sd = level_floor
+        z = 0.0
+        if sd > 1e-12:
+            z = d / sd
+            z = clip if z > clip else -clip if z < -clip else z
+        out[i] = z
+        mean[i] = m + alpha * d
+        var[i] = keep * (s2 + alpha * d * d)
 
 
 class OnlinePlatt(sigkit.LearnedState):
@@ -204,13 +242,25 @@ class OnlinePlatt(sigkit.LearnedState):
         self.n_updates = 0
 
     def __call__(self, u: float, offset: float = 0.0) -> float:
-        return sigkit.sigmoid(offset + self.slope * u + self.intercept)
+        return sigkit.sigmoid(platt_decision(self.slope, self.intercept, u, offset))
 
     def update(self, u: float, y: float, offset: float = 0.0) -> None:
         error = self(u, offset) - y
-        self.slope = max(0.0, self.slope - self.learning_rate * error * u)
-        self.intercept -= self.intercept_learning_rate * error
+        self.slope, self.intercept = platt_step(self.slope, self.intercept, u, error, self.learning_rate,
+                                                self.intercept_learning_rate)
         self.n_updates += 1
+
+
+def platt_decision(slope: float, intercept: float, u: float, offset: float) -> float:
+    """The calibrated log-odds ``offset + A u + C``."""
+    return offset + slope * u + intercept
+
+
+def platt_step(slope: float, intercept: float, u: float, error: float, learning_rate: float,
+               intercept_learning_rate: float) -> tuple[float, float]:
+    """One SGD step of ``(A, C)`` on log loss (``error = p - y``), ``A`` kept at or above 0."""
+    s = slope - learning_rate * error * u
+    return (s if s > 0.0 else 0.0), intercept - intercept_learning_rate * error  # s if s > 0 is max(0.0, s)
 
 
 # Sums and levels kept at every scale.
@@ -246,6 +296,7 @@ class EnhancedAS(sigkit.LearnedState):
         self.base_rate = sigkit.RunningBaseRate()
         self.cost = sigkit.ConditionalCost()
         self.pending = sigkit.PendingFills()  # fill -> (x, offset, issued u)
+        self.slots = sigkit.FillSlots(self.n_features + 2)  # the batch path's memory of each fill: x, offset, u
 
     # -- market events --------------------------------------------------------------------------------
 
@@ -291,41 +342,21 @@ class EnhancedAS(sigkit.LearnedState):
 
     def features(self, query: sigkit.FillQuery) -> list[float]:
         """The raw (unstandardised) features of a fill, signed by its aggressor side; see the module doc."""
-        a = -query.side
         scales = self.scales
         scales.advance(query.ts_ns)
-        signed, volume, ofi, ret, trades, impacts = (
-            scales.sums[j] for j in (_SIGNED_VOLUME, _VOLUME, _OFI, _RETURN_BPS, _TRADES, _IMPACTS))
-        imbalance, spread, depth = (scales.means[j] for j in (_IMBALANCE, _SPREAD, _DEPTH))
-        has_book = self.book is not None
-        spread_now = scales.levels[_SPREAD] if has_book else 0.0
-        spread_avg = spread[self.macro] if has_book and spread[self.macro] > 0 else 1.0
-        depth_avg = depth[self.macro] if has_book and depth[self.macro] > 0 else 1.0
-        x: list[float] = []
-        flow_signs = []
-        mom_signs = []
-        for k in range(scales.n_scales):
-            tfi = a * signed[k] / volume[k] if volume[k] > 1e-12 else 0.0
-            mom = a * ret[k]
-            x.append(tfi)
-            x.append(a * ofi[k] / depth_avg)
-            x.append(mom)
-            x.append(a * imbalance[k] if has_book else 0.0)
-            x.append((spread_now - spread[k]) / spread_avg if has_book else 0.0)
-            x.append(a * impacts[k] / trades[k] if trades[k] > 1e-12 else 0.0)
-            flow_signs.append((tfi > 0) - (tfi < 0))
-            mom_signs.append((mom > 0) - (mom < 0))
-        if has_book:
-            bid_px, bid_sz, ask_px, ask_sz = self.book
-            depth_now = bid_sz + ask_sz
-            micro = (bid_sz * ask_px + ask_sz * bid_px) / depth_now if depth_now > 0 else self.mid
-            x.append(a * scales.levels[_IMBALANCE])
-            x.append(a * (micro - self.mid) / self.mid * 1e4)
-            x.append(spread_now / self.mid * 1e4)
+        n = scales.n_scales
+        x = [0.0] * self.n_features
+        flow_signs = [0] * n
+        mom_signs = [0] * n
+        book = self.book
+        if book is None:
+            eas_features(-query.side, scales.sums, scales.means, scales.levels, self.macro, False, 0.0, 0.0, 0.0,
+                         0.0, self.mid, x, flow_signs, mom_signs)
         else:
-            x.extend((0.0, 0.0, 0.0))
-        x.append(_agreement(mom_signs))
-        x.append(_agreement(flow_signs))
+            eas_features(-query.side, scales.sums, scales.means, scales.levels, self.macro, True, book[0], book[1],
+                         book[2], book[3], self.mid, x, flow_signs, mom_signs)
+        x[-2] = _agreement(mom_signs)
+        x[-1] = _agreement(flow_signs)
         return x
 
     def predict(self, query: sigkit.FillQuery) -> sigkit.Prediction:
@@ -347,16 +378,260 @@ class EnhancedAS(sigkit.LearnedState):
         self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)
         self.cost.update(outcome.was_adverse, outcome.realized_as_bps)
 
+    # -- the batch path -------------------------------------------------------------------------------
 
-def _agreement(signs: list[int]) -> float:
+    def on_batch(self, batch: sigkit.Batch) -> sigkit.BatchPredictions:
+        """The per-event hooks over a whole piece, in one compiled kernel (:func:`_enhanced_as_kernel`)."""
+        out = np.empty((3, batch.n_queries))
+        self.slots.ensure(batch)
+        scales, std, model, cal, rate, cost = (self.scales, self.standardiser, self.model, self.calibration,
+                                               self.base_rate, self.cost)
+        book = self.book
+        last_trade = self.last_trade
+        state = np.array([self.mid, cal.slope, cal.intercept, model.intercept, rate._adverse, rate._total,
+                          cost._sum[0], cost._sum[1]])
+        counts = np.array([0 if scales.last_ts is None else scales.last_ts, scales.last_ts is not None,
+                           book is not None, last_trade is not None, 0 if last_trade is None else last_trade[0],
+                           0 if last_trade is None else last_trade[1], std.n, model.n_updates, cal.n_updates,
+                           rate.n, cost._n[0], cost._n[1], rate._last_ts is not None,
+                           0 if rate._last_ts is None else rate._last_ts], dtype=np.int64)
+        touch = np.array((0.0, 0.0, 0.0, 0.0) if book is None else book)
+        sums, means, levels = np.array(scales.sums), np.array(scales.means), np.array(scales.levels)
+        mean, var, weights = np.array(std.mean), np.array(std.var), np.array(model.weights)
+        _enhanced_as_kernel(
+            batch.op, batch.ref, batch.kind, batch.market, batch.ts, batch.column("side"), batch.column("size"),
+            batch.column("bid_px"), batch.column("bid_sz"), batch.column("ask_px"), batch.column("ask_sz"),
+            batch.q_ts, batch.q_side, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse, batch.o_realized_bps,
+            batch.markets.code(self.target.venue, self.target.symbol), np.array(scales.taus), self.macro,
+            self.params.impact_window_ns, std.floor, std.clip, model.learning_rate, model.l2,
+            model.intercept_learning_rate, cal.learning_rate, cal.intercept_learning_rate, rate._decay_per_ns,
+            rate._prior_adverse, rate._prior_total, self.params.evidence, sums, means, levels, touch, mean, var,
+            weights, state, counts, self.slots.values, self.slots.owner, out)
+        scales.sums, scales.means, scales.levels = sums.tolist(), means.tolist(), levels.tolist()
+        scales.last_ts = int(counts[_C_SCALES_LAST]) if counts[_C_HAS_SCALES_LAST] else None
+        self.book = tuple(touch.tolist()) if counts[_C_HAS_BOOK] else None
+        self.mid = float(state[_S_MID])
+        self.last_trade = (int(counts[_C_TRADE_TS]), int(counts[_C_TRADE_SIDE])) if counts[_C_HAS_TRADE] else None
+        std.mean, std.var, std.n = mean.tolist(), var.tolist(), int(counts[_C_STD_N])
+        model.weights, model.intercept, model.n_updates = (weights.tolist(), float(state[_S_INTERCEPT]),
+                                                           int(counts[_C_MODEL_N]))
+        cal.slope, cal.intercept, cal.n_updates = (float(state[_S_SLOPE]), float(state[_S_CAL_INTERCEPT]),
+                                                   int(counts[_C_CAL_N]))
+        rate._adverse, rate._total, rate.n = float(state[_S_ADVERSE]), float(state[_S_TOTAL]), int(counts[_C_RATE_N])
+        rate._last_ts = int(counts[_C_RATE_LAST]) if counts[_C_HAS_RATE_LAST] else None
+        cost._sum = [float(state[_S_COST_GOOD]), float(state[_S_COST_BAD])]
+        cost._n = [int(counts[_C_COST_GOOD_N]), int(counts[_C_COST_BAD_N])]
+        return sigkit.BatchPredictions(out[0], out[1], out[2])
+
+
+def eas_features(a: int, sums, means, levels, macro: int, has_book: bool, bid_px: float, bid_sz: float,
+                 ask_px: float, ask_sz: float, mid: float, x, flow_signs, mom_signs) -> None:
+    """The raw features of a fill with aggressor side ``a`` into ``x``, all but the last two (the scale
+    agreements of ``mom_signs`` and ``flow_signs``, which it fills: :func:`_agreement` of each), from the
+    scales' sums, means and levels (:class:`EventTimeScales`) and the touch (``has_book``) and its mid."""
+    signed = sums[_SIGNED_VOLUME]
+    volume = sums[_VOLUME]
+    ofi = sums[_OFI]
+    ret = sums[_RETURN_BPS]
+    trades = sums[_TRADES]
+    impacts = sums[_IMPACTS]
+    imbalance = means[_IMBALANCE]
+    spread = means[_SPREAD]
+    depth = means[_DEPTH]
+    spread_now = levels[_SPREAD] if has_book else 0.0
+    spread_avg = spread[macro] if has_book and spread[macro] > 0 else 1.0
+    depth_avg = depth[macro] if has_book and depth[macro] > 0 else 1.0
+    i = 0
+    for k in range(len(flow_signs)):
+        tfi = a * signed[k] / volume[k] if volume[k] > 1e-12 else 0.0
+        mom = a * ret[k]
+        x[i] = tfi
+        x[i + 1] = a * ofi[k] / depth_avg
+        x[i + 2] = mom
+        x[i + 3] = a * imbalance[k] if has_book else 0.0
+        x[i + 4] = (spread_now - spread[k]) / spread_avg if has_book else 0.0
+        x[i + 5] = a * impacts[k] / trades[k] if trades[k] > 1e-12 else 0.0
+        flow_signs[k] = 1 if tfi > 0 else -1 if tfi < 0 else 0
+        mom_signs[k] = 1 if mom > 0 else -1 if mom < 0 else 0
+        i += 6
+    if has_book:
+        depth_now = bid_sz + ask_sz
+        micro = (bid_sz * ask_px + ask_sz * bid_px) / depth_now if depth_now > 0 else mid
+        x[i] = a * levels[_IMBALANCE]
+        x[i + 1] = a * (micro - mid) / mid * 1e4
+        x[i + 2] = spread_now / mid * 1e4
+    else:
+        x[i] = 0.0
+        x[i + 1] = 0.0
+        x[i + 2] = 0.0
+
+
+def _agreement(signs) -> float:
     """+1 if every sign is +1, -1 if every sign is -1, else 0."""
     first = signs[0]
     if first == 0:
         return 0.0
-    for s in signs:
-        if s != first:
+    for i in range(len(signs)):
+        if signs[i] != first:
             return 0.0
     return float(first)
+
+
+# -- the batch kernel ---------------------------------------------------------------------------------
+
+# Compiled twins of the shared formulas above (the per-event classes call the plain functions).
+_ofi_event = fast.twin(ofi_event)
+_scales_decay = fast.twin(scales_decay)
+_scales_add = fast.twin(scales_add)
+_scales_set_level = fast.twin(scales_set_level)
+_standardise = fast.twin(standardise)
+_platt_decision = fast.twin(platt_decision)
+_platt_step = fast.twin(platt_step)
+_eas_features = fast.twin(eas_features)
+_agreement_twin = fast.twin(_agreement)
+
+# The kernel's packed state: floats (``state``) and integers (``counts``; ns timestamps and counters).
+_S_MID, _S_SLOPE, _S_CAL_INTERCEPT, _S_INTERCEPT, _S_ADVERSE, _S_TOTAL, _S_COST_GOOD, _S_COST_BAD = range(8)
+(_C_SCALES_LAST, _C_HAS_SCALES_LAST, _C_HAS_BOOK, _C_HAS_TRADE, _C_TRADE_TS, _C_TRADE_SIDE, _C_STD_N, _C_MODEL_N,
+ _C_CAL_N, _C_RATE_N, _C_COST_GOOD_N, _C_COST_BAD_N, _C_HAS_RATE_LAST, _C_RATE_LAST) = range(14)
+
+
+@fast.kernel
+def _advance(taus, sums, means, levels, counts, ts, keep):
+    """EventTimeScales.advance on the packed state."""
+    if counts[_C_HAS_SCALES_LAST] == 0:
+        counts[_C_HAS_SCALES_LAST] = 1
+        counts[_C_SCALES_LAST] = ts
+        return
+    dt = ts - counts[_C_SCALES_LAST]
+    if dt <= 0:
+        return
+    counts[_C_SCALES_LAST] = ts
+    _scales_decay(taus, sums, means, levels, dt, keep)
+
+
+@fast.kernel
+def _enhanced_as_kernel(op, ref, kind, market, ts, side, size, bid_px, bid_sz, ask_px, ask_sz, q_ts, q_side, q_fill,
+                        o_fill, o_ts, o_adverse, o_realized, target, taus, macro, impact_window_ns, std_floor, clip,
+                        lr, l2, intercept_lr, cal_lr, cal_intercept_lr, rate_decay_per_ns, prior_adverse, prior_total,
+                        evidence, sums, means, levels, touch, mean, var, weights, state, counts, slot_v, slot_owner,
+                        out):
+    """EnhancedAS over a batch: on_trade, on_book_update, predict and record_outcome at each step of the
+    schedule, on the packed state (``_S_*`` in ``state``, ``_C_*`` in ``counts``; ``touch`` is the book)."""
+    nf = weights.size
+    n_scales = taus.size
+    keep = np.empty(n_scales)
+    raw = np.empty(nf)
+    x = np.empty(nf)
+    flow_signs = np.zeros(n_scales, dtype=np.int64)
+    mom_signs = np.zeros(n_scales, dtype=np.int64)
+    cap = slot_owner.size
+    for i in range(op.size):
+        step = op[i]
+        if step == EVENT:
+            r = ref[i]
+            if market[r] != target:
+                continue
+            if kind[r] == TRADE:
+                sz = size[r]
+                if not sz > 0:
+                    continue
+                _advance(taus, sums, means, levels, counts, ts[r], keep)
+                _scales_add(sums[_SIGNED_VOLUME], side[r] * sz)
+                _scales_add(sums[_VOLUME], sz)
+                _scales_add(sums[_TRADES], 1.0)
+                counts[_C_HAS_TRADE] = 1
+                counts[_C_TRADE_TS] = ts[r]
+                counts[_C_TRADE_SIDE] = side[r]
+            elif kind[r] == BOOK:
+                bp, bs, ap, az = bid_px[r], bid_sz[r], ask_px[r], ask_sz[r]
+                if not (bp > 0 and ap >= bp and bs >= 0 and az >= 0):
+                    continue
+                _advance(taus, sums, means, levels, counts, ts[r], keep)
+                mid = 0.5 * (bp + ap)
+                if counts[_C_HAS_BOOK]:
+                    _scales_add(sums[_OFI], _ofi_event(touch[0], touch[1], touch[2], touch[3], bp, bs, ap, az))
+                    prev_mid = state[_S_MID]
+                    if mid != prev_mid:
+                        _scales_add(sums[_RETURN_BPS], (mid - prev_mid) / prev_mid * 1e4)
+                        last_side = counts[_C_TRADE_SIDE]
+                        if counts[_C_HAS_TRADE] and ts[r] - counts[_C_TRADE_TS] <= impact_window_ns \
+                                and (mid - prev_mid) * last_side > 0:
+                            _scales_add(sums[_IMPACTS], float(last_side))
+                depth = bs + az
+                _scales_set_level(means, levels, _IMBALANCE, (bs - az) / depth if depth > 0 else 0.0)
+                _scales_set_level(means, levels, _SPREAD, ap - bp)
+                _scales_set_level(means, levels, _DEPTH, 0.5 * depth)
+                touch[0] = bp
+                touch[1] = bs
+                touch[2] = ap
+                touch[3] = az
+                counts[_C_HAS_BOOK] = 1
+                state[_S_MID] = mid
+        elif step == QUERY:
+            q = ref[i]
+            _advance(taus, sums, means, levels, counts, q_ts[q], keep)
+            a = -np.int64(q_side[q])
+            _eas_features(a, sums, means, levels, macro, counts[_C_HAS_BOOK] != 0, touch[0], touch[1], touch[2],
+                          touch[3], state[_S_MID], raw, flow_signs, mom_signs)
+            raw[nf - 2] = _agreement_twin(mom_signs)
+            raw[nf - 1] = _agreement_twin(flow_signs)
+            counts[_C_STD_N] += 1
+            _standardise(mean, var, counts[_C_STD_N], std_floor, clip, raw, x)
+            offset = fast.logit(fast.base_rate_value(state[_S_ADVERSE], state[_S_TOTAL], prior_adverse, prior_total))
+            u = fast.logistic_decision(weights, state[_S_INTERCEPT], x, 0.0)
+            slot = q_fill[q] % cap
+            slot_owner[slot] = q_fill[q]
+            for j in range(nf):
+                slot_v[slot, j] = x[j]
+            slot_v[slot, nf] = offset
+            slot_v[slot, nf + 1] = u
+            p = fast.sigmoid(_platt_decision(state[_S_SLOPE], state[_S_CAL_INTERCEPT], u, offset))
+            out[0, q] = p
+            out[1, q] = fast.evidence_confidence(counts[_C_MODEL_N], evidence)
+            out[2, q] = fast.expected_cost(p, state[_S_COST_GOOD], counts[_C_COST_GOOD_N], state[_S_COST_BAD],
+                                           counts[_C_COST_BAD_N])
+        elif step == OUTCOME:
+            o = ref[i]
+            adverse = o_adverse[o] == 1.0
+            y = 1.0 if adverse else 0.0
+            slot = o_fill[o] % cap
+            if slot_owner[slot] == o_fill[o]:
+                slot_owner[slot] = -1
+                for j in range(nf):
+                    x[j] = slot_v[slot, j]
+                offset = slot_v[slot, nf]
+                u = slot_v[slot, nf + 1]
+                # OnlinePlatt.update, on the log-odds as issued, before the base fit moves
+                error = fast.sigmoid(_platt_decision(state[_S_SLOPE], state[_S_CAL_INTERCEPT], u, offset)) - y
+                state[_S_SLOPE], state[_S_CAL_INTERCEPT] = _platt_step(state[_S_SLOPE], state[_S_CAL_INTERCEPT], u,
+                                                                       error, cal_lr, cal_intercept_lr)
+                counts[_C_CAL_N] += 1
+                # OnlineLogistic.update
+                error = fast.sigmoid(fast.logistic_decision(weights, state[_S_INTERCEPT], x, offset)) - y
+                fast.logistic_step(weights, x, error, lr, l2)
+                state[_S_INTERCEPT] -= intercept_lr * error
+                counts[_C_MODEL_N] += 1
+            # RunningBaseRate.update
+            t = o_ts[o]
+            if rate_decay_per_ns != 0.0 and counts[_C_HAS_RATE_LAST] and t > counts[_C_RATE_LAST]:
+                decay = math.exp(-rate_decay_per_ns * (t - counts[_C_RATE_LAST]))
+                state[_S_ADVERSE] *= decay
+                state[_S_TOTAL] *= decay
+            counts[_C_HAS_RATE_LAST] = 1
+            counts[_C_RATE_LAST] = t
+            state[_S_ADVERSE] += y
+            state[_S_TOTAL] += 1.0
+            counts[_C_RATE_N] += 1
+            # ConditionalCost.update
+            realized = o_realized[o]
+            if realized == realized:
+                if adverse:
+                    state[_S_COST_BAD] += realized
+                    counts[_C_COST_BAD_N] += 1
+                else:
+                    state[_S_COST_GOOD] += realized
+                    counts[_C_COST_GOOD_N] += 1
 
 
 @sigkit.hookimpl
