@@ -9,12 +9,13 @@ import pytest
 import statsmodels.api as sm
 
 import sigkit
+from sigkit import fast
 from sigkit.engine import Labelling, Replay, replay_from_recipe
 from sigkit.plugins import build_registry
 from sigkit.recipe import load_recipe
 from sigkit.report import build_report
 from sigkit_prefill_toxicity import FEATURES, FeatureScaler, PreFillToxicity, PreFillToxicityParams
-from sigkit_prefill_toxicity.features import KyleLambda, SignSurprise, TradeIntensity, VolumeBuckets
+from sigkit_prefill_toxicity.features import KyleLambda, SignSurprise, TradeIntensity, VolumeBuckets, exact_sum
 
 from conftest import SIM_RECIPE_HEAD, ListSource, book, chunk_of, trade
 
@@ -186,6 +187,45 @@ def test_bad_parameters_are_refused_with_their_names():
         sigkit.FillQuery(1, "sim", "BTC-PERP", 1, 1.0, 1.0)) == [0.0, 0.0]
 
 
+def test_exact_sum_is_math_fsum_bit_for_bit_over_a_ring():
+    compiled = fast.twin(exact_sum)
+    rng = np.random.default_rng(3)
+    for trial in range(3000):
+        n = int(rng.integers(1, 9))
+        values = rng.uniform(-1, 1, n) * 10.0 ** rng.integers(-18, 3, n)
+        if trial % 3 == 0:
+            values = rng.choice([1.0, -1.0, 0.1, -0.3, 1e-16, 0.0], n)
+        head, count = int(rng.integers(0, n)), int(rng.integers(0, n + 1))
+        window = [float(values[(head + j) % n]) for j in range(count)]
+        partials = np.empty(n)
+        for absolute in (False, True):
+            expected = math.fsum(abs(v) for v in window) if absolute else math.fsum(window)
+            assert exact_sum(values, head, n, count, absolute, partials).hex() == expected.hex()
+            assert compiled(values, head, n, count, absolute, partials).hex() == expected.hex()
+
+
+def _state(model) -> dict:
+    """Everything the model learned, as plain data (the per-fill memories left out: the paths keep them apart)."""
+    state = model.state_dict()["attrs"]
+    return {k: v for k, v in state.items() if k not in ("pending", "slots")}
+
+
+def test_the_batch_path_leaves_the_state_the_per_event_path_leaves_with_unusual_params():
+    # The conformance suite runs the defaults; here a window of one bucket (the ring wraps at every close),
+    # small buckets split by most trades, a long Kyle interval, the other flow measures and a feature subset.
+    rows = _sim_rows("mixed", 120, seed=5)
+    for params in ({"bucket_volume": 0.3, "n_buckets": 1, "kyle_flow": "volume", "kyle_interval_ns": 700_000_000},
+                   {"bucket_volume": 0.05, "n_buckets": 7, "kyle_flow": "count",
+                    "features": ("kyle_impact", "vpin", "intensity", "sign_surprise")}):
+        models = {path: _model(**params) for path in ("per-event", "batch")}
+        out = {path: _replay_rows(rows, m, path) for path, m in models.items()}
+        np.testing.assert_array_equal(out["per-event"]["p"], out["batch"]["p"])
+        assert len(out["batch"]["p"]) > 500
+        assert _state(models["per-event"]) == _state(models["batch"])  # lists and None where they were
+        assert models["batch"].describe() == models["per-event"].describe()
+        assert len(models["batch"].buckets.completed) == params["n_buckets"]
+
+
 # -- causality ----------------------------------------------------------------------------------------
 
 
@@ -193,9 +233,9 @@ def _sim_rows(world: str, seconds: int, seed: int = 1) -> np.ndarray:
     return np.concatenate(list(sigkit.sim.simulate(world, seed=seed, duration_ns=seconds * S)))
 
 
-def _replay_rows(rows: np.ndarray, model) -> dict:
+def _replay_rows(rows: np.ndarray, model, path: str = "batch") -> dict:
     replay = Replay(sources=[("sim", ListSource([rows]))], models=[("pft", model)], target=SIM,
-                    labelling=Labelling(S, 0.0, ()), public_fills=True)
+                    labelling=Labelling(S, 0.0, ()), public_fills=True, path=path)
     result = replay.run()
     return {"ts": result.fills["ts_ns"], "p": result.predictions["pft"]["p"]}
 
@@ -230,11 +270,12 @@ class Watched(PreFillToxicity):
 
 def test_the_fills_own_trade_arrives_only_after_predict():
     model = Watched()
-    out = _replay_rows(_sim_rows("informed", 60), model)
+    out = _replay_rows(_sim_rows("informed", 60), model, path="per-event")  # the hooks Watched watches
     assert model.fills == len(out["ts"]) > 300
 
 
-def test_events_at_or_after_the_fill_do_not_change_its_prediction():
+@pytest.mark.parametrize("path", ["per-event", "batch"])
+def test_events_at_or_after_the_fill_do_not_change_its_prediction(path):
     rows = _sim_rows("informed", 150, seed=2)
     fills = np.flatnonzero((rows["kind"] == sigkit.TRADE) & (rows["venue"] == "sim"))
     t_fill = int(rows["ts_ns"][fills[-100]])  # late enough that the model has learned and trusts its fit
@@ -250,7 +291,8 @@ def test_events_at_or_after_the_fill_do_not_change_its_prediction():
     later = [trade(t_fill + k, a, mid + 1, 5.0, venue="sim", symbol="BTC-PERP") for k in range(1, 20)]
 
     def p_at(ts, rows_):
-        out = _replay_rows(rows_, PreFillToxicity(PreFillToxicityParams(), sigkit.RunContext(target=SIM, horizon_ns=S)))
+        out = _replay_rows(rows_, PreFillToxicity(PreFillToxicityParams(), sigkit.RunContext(target=SIM, horizon_ns=S)),
+                           path)
         return out["p"][np.flatnonzero(out["ts"] == ts)[0]]
 
     alone = p_at(t_fill, np.concatenate([before, at_fill]))

@@ -40,10 +40,20 @@ from __future__ import annotations
 import math
 
 import attrs
+import numpy as np
 
 import sigkit
-
-from sigkit_prefill_toxicity.features import KyleLambda, SignSurprise, TradeIntensity, VolumeBuckets
+from sigkit_prefill_toxicity import kernel as _k
+from sigkit_prefill_toxicity.features import (
+    FLOW_MEASURES,
+    NO_TS,
+    KyleLambda,
+    SignSurprise,
+    TradeIntensity,
+    VolumeBuckets,
+    scaler_transform,
+    scaler_update,
+)
 
 #: Every feature the model can use, in the order of the vector it fits.
 FEATURES = ("imbalance", "vpin", "vpin_x_imbalance", "sign_surprise", "kyle_lambda", "kyle_impact", "intensity")
@@ -114,20 +124,11 @@ class FeatureScaler(sigkit.LearnedState):
 
     def update(self, x: list[float]) -> None:
         self.n += 1
-        w = max(1.0 / self.n, 1.0 / self.memory)
-        for i, v in enumerate(x):
-            d = v - self.mean[i]
-            self.mean[i] += w * d
-            self.var[i] = (1.0 - w) * (self.var[i] + w * d * d)
+        scaler_update(self.mean, self.var, self.n, self.memory, x)
 
     def transform(self, x: list[float]) -> list[float]:
-        if self.n < 2:
-            return [0.0] * len(x)
-        clip = self.clip
-        out = []
-        for v, m, s2 in zip(x, self.mean, self.var):
-            z = (v - m) / math.sqrt(s2) if s2 > 1e-24 else 0.0
-            out.append(clip if z > clip else -clip if z < -clip else z)
+        out = [0.0] * len(x)
+        scaler_transform(self.mean, self.var, self.n, self.clip, x, out)
         return out
 
 
@@ -152,6 +153,8 @@ class PreFillToxicity(sigkit.LearnedState):
         # The slope on the fitted log-odds, learned from the fit's own out-of-sample scores: see the module doc.
         self.trust = sigkit.OnlineLogistic(1, learning_rate=params.trust_learning_rate, intercept_learning_rate=0.0)
         self.pending = sigkit.PendingFills()  # fill -> (features, score, offset)
+        # The batch path's memory of each fill: standardised features, score, offset.
+        self.slots = sigkit.FillSlots(len(self.use) + 2)
 
     def on_trade(self, trade: sigkit.Trade) -> None:
         if trade.venue != self.target.venue or trade.symbol != self.target.symbol:
@@ -202,6 +205,53 @@ class PreFillToxicity(sigkit.LearnedState):
         self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)
         self.cost.update(outcome.was_adverse, outcome.realized_as_bps)
 
+    def on_batch(self, batch: sigkit.Batch) -> sigkit.BatchPredictions:
+        """The per-event hooks over a whole piece, compiled (:mod:`sigkit_prefill_toxicity.kernel`): the state
+        is packed into arrays, walked through the schedule and unpacked back into the same attributes."""
+        out = np.empty((3, batch.n_queries))
+        self.slots.ensure(batch)
+        b, s, ky, ti, sc = self.buckets, self.signs, self.kyle, self.intensity, self.scaler
+        model, trust, rate, cost = self.model, self.trust, self.base_rate, self.cost
+        fs = np.array([b.buy, b.sell, b._sum_signed, b._sum_abs, s.rho, s._rho_weight, s._rho_sum, s._sum, s._weight,
+                       ky.flow, ky.mid, ky.mid_open, ky.sw, ky.sq, ky.sm, ky.sqq, ky.sqm, ky.flow_sum, ky.flow_weight,
+                       ti.short, ti.long, model.intercept, trust.intercept, rate._adverse, rate._total, *cost._sum],
+                      dtype=np.float64)
+        ist = np.array([len(b.completed), 0, s.previous, _ts(s._ts), _ts(ky.end_ns), _ts(ti._ts), sc.n,
+                        model.n_updates, trust.n_updates, rate.n, _ts(rate._last_ts), *cost._n], dtype=np.int64)
+        ring = np.zeros(b.n_buckets)
+        ring[:len(b.completed)] = b.completed
+        fp = np.array([b.bucket_volume, s.decay_per_ns, s.rho_keep, ky.keep, ky.flow_keep, ti.short_decay,
+                       ti.long_decay, ti.floor_per_s, sc.memory, sc.clip, model.learning_rate, model.l2,
+                       model.intercept_learning_rate, trust.learning_rate, trust.l2, trust.intercept_learning_rate,
+                       self.params.evidence, rate._prior_adverse, rate._prior_total], dtype=np.float64)
+        mean, var = np.array(sc.mean, dtype=np.float64), np.array(sc.var, dtype=np.float64)
+        weights, trust_w = np.array(model.weights, dtype=np.float64), np.array(trust.weights, dtype=np.float64)
+        _k.prefill_kernel(batch.op, batch.ref, batch.kind, batch.market, batch.ts, batch.column("side"),
+                          batch.column("size"), batch.column("bid_px"), batch.column("ask_px"), batch.q_ts,
+                          batch.q_side, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse, batch.o_realized_bps,
+                          batch.markets.code(self.target.venue, self.target.symbol), ky.interval_ns,
+                          FLOW_MEASURES.index(ky.flow_measure), fp, fs, ist, ring, np.array(self.use, dtype=np.int64),
+                          mean, var, weights, trust_w, self.slots.values, self.slots.owner, out)
+        f = fs.tolist()
+        b.buy, b.sell, b._sum_signed, b._sum_abs = f[_k.F_BUY], f[_k.F_SELL], f[_k.F_SUM_SIGNED], f[_k.F_SUM_ABS]
+        count, head, nb = int(ist[_k.I_COUNT]), int(ist[_k.I_HEAD]), b.n_buckets
+        b.completed = [float(ring[(head + j) % nb]) for j in range(count)]
+        s.rho, s._rho_weight, s._rho_sum = f[_k.F_RHO], f[_k.F_RHO_WEIGHT], f[_k.F_RHO_SUM]
+        s._sum, s._weight = f[_k.F_S_SUM], f[_k.F_S_WEIGHT]
+        s.previous, s._ts = int(ist[_k.I_PREVIOUS]), _none(ist[_k.I_SIGN_TS])
+        ky.flow, ky.mid, ky.mid_open = f[_k.F_FLOW], f[_k.F_MID], f[_k.F_MID_OPEN]
+        ky.sw, ky.sq, ky.sm, ky.sqq, ky.sqm = f[_k.F_SW], f[_k.F_SQ], f[_k.F_SM], f[_k.F_SQQ], f[_k.F_SQM]
+        ky.flow_sum, ky.flow_weight, ky.end_ns = f[_k.F_FLOW_SUM], f[_k.F_FLOW_WEIGHT], _none(ist[_k.I_END])
+        ti.short, ti.long, ti._ts = f[_k.F_SHORT], f[_k.F_LONG], _none(ist[_k.I_INT_TS])
+        sc.n, sc.mean, sc.var = int(ist[_k.I_SCALER_N]), mean.tolist(), var.tolist()
+        model.intercept, model.weights, model.n_updates = f[_k.F_INTERCEPT], weights.tolist(), int(ist[_k.I_MODEL_N])
+        trust.intercept, trust.weights = f[_k.F_TRUST_INTERCEPT], trust_w.tolist()
+        trust.n_updates = int(ist[_k.I_TRUST_N])
+        rate._adverse, rate._total = f[_k.F_ADVERSE], f[_k.F_TOTAL]
+        rate.n, rate._last_ts = int(ist[_k.I_RATE_N]), _none(ist[_k.I_RATE_TS])
+        cost._sum = [f[_k.F_COST_GOOD], f[_k.F_COST_BAD]]
+        cost._n = [int(ist[_k.I_COST_GOOD]), int(ist[_k.I_COST_BAD])]
+        return sigkit.BatchPredictions(out[0], out[1], out[2])
 
     def describe(self) -> dict:
         names = [FEATURES[i] for i in self.use]
@@ -215,6 +265,14 @@ class PreFillToxicity(sigkit.LearnedState):
             "kyle_lambda": self.kyle.coefficients()[1],
             "outcomes": self.model.n_updates,
         }
+
+
+def _ts(ts) -> int:
+    return NO_TS if ts is None else int(ts)
+
+
+def _none(ts) -> int | None:
+    return None if ts == NO_TS else int(ts)
 
 
 @sigkit.hookimpl
