@@ -11,14 +11,74 @@ plain arrays: the model packs its learned state into arrays before the call and 
 ``state_dict()``, ``describe()`` and per-event hooks see one state whichever path ran.
 
 Compiled code is cached on disk next to the source (numba's ``cache=True``; set ``NUMBA_CACHE_DIR`` where
-that is read-only), so only a first run pays for compiling.
+that is read-only), so only a first run pays for compiling.  Numba alone would reuse a cached kernel after
+an edit to a formula it calls from another file; here a cached kernel is also stale once any Python file
+of its own package, or sigkit's own formula modules, changes (:func:`_formula_stamp`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+from pathlib import Path
+
 import numba
 
 from sigkit import learn
+
+_CORE_FORMULAS = tuple(str(Path(__file__).with_name(name)) for name in ("learn.py", "fast.py", "batch.py"))
+
+
+@functools.lru_cache(maxsize=None)
+def _files_digest(files: tuple[tuple[str, float, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for path, _mtime, _size in files:
+        digest.update(path.encode())
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def _formula_stamp(py_file: str) -> str:
+    """A digest of the Python files a kernel in ``py_file`` may take formulas from: every ``.py`` file of its
+    package folder, and sigkit's formula modules."""
+    folder = Path(py_file).parent
+    paths = sorted({*map(str, folder.glob("*.py")), *_CORE_FORMULAS})
+    files = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        files.append((path, st.st_mtime, st.st_size))
+    return _files_digest(tuple(files))
+
+
+def _install_locators() -> None:
+    """Put formula-aware versions of numba's file-backed cache locators first in its list."""
+    try:
+        from numba.core import caching
+    except ImportError:  # pragma: no cover - numba's layout changed: keep its own locators
+        return
+
+    def aware(base):
+        class FormulaAware(base):
+            def get_source_stamp(self):
+                return (super().get_source_stamp(), _formula_stamp(self._py_file))
+
+        FormulaAware.__name__ = f"FormulaAware{base.__name__}"
+        return FormulaAware
+
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    bases = [getattr(caching, name, None) for name in
+             ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")]
+    if impl is None or not all(bases) or getattr(impl, "_sigkit_locators", False):
+        return
+    impl._locator_classes = [aware(base) for base in bases] + list(impl._locator_classes)
+    impl._sigkit_locators = True
+
+
+_install_locators()
 
 __all__ = ["kernel", "twin", "sigmoid", "logit", "logistic_decision", "logistic_step", "base_rate_value",
            "expected_cost", "evidence_confidence"]

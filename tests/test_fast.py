@@ -367,3 +367,23 @@ def _params(registry, name):
 
 def _context(name):
     return sigkit.RunContext(target=sigkit.testing.TARGET, horizon_ns=10**9, seed=0, instance_id=name)
+
+
+def test_a_cached_kernel_is_recompiled_when_a_formula_it_calls_from_another_file_changes(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "formulas.py").write_text("def bump(x):\n    return x + 1.0\n")
+    (package / "kern.py").write_text("from sigkit import fast\nfrom pkg import formulas\n\nbump = fast.twin(formulas.bump)\n\n\n"
+                                     "@fast.kernel\ndef run(x):\n    return bump(x)\n")
+
+    def run():
+        done = subprocess.run([sys.executable, "-c", "from pkg import kern; print(kern.run(1.0))"], cwd=tmp_path,
+                              capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+        assert done.returncode == 0, done.stderr
+        return float(done.stdout)
+
+    assert run() == 2.0
+    assert list((package / "__pycache__").glob("kern.run-*.nbi"))  # compiled once and cached
+    (package / "formulas.py").write_text("def bump(x):\n    return x + 5.0\n")
+    assert run() == 6.0  # numba alone would have run the cached kernel: 2.0
