@@ -287,3 +287,70 @@ def test_recipe_parameters_and_registration():
     assert len(model.features(query(T0))) == len(model.names) == 15
     with pytest.raises(ValueError):
         OnchainOIParams(oi_halflives_ns=())
+
+
+# The batch path ----------------------------------------------------------------------------------------
+
+def _learned(model):
+    """Everything the model learned, as plain data (the per-fill memories of either path left out)."""
+    state = model.state_dict()["attrs"]
+    return {k: v for k, v in state.items() if k not in ("pending", "slots")}
+
+
+@pytest.mark.parametrize("world", ["oi", "mixed"])
+def test_batch_path_in_small_pieces_with_a_growing_ring_matches_the_per_event_path(monkeypatch, world):
+    # Pieces of about 97 rows carry the additions deque, the concentration cache and the pending fills from
+    # piece to piece; a ring of one entry makes the kernel stop for room and go on after growing it.
+    import sigkit_onchain_oi
+    from sigkit.testing import rechunk
+
+    chunks = list(sim.simulate(world, seed=2, duration_ns=240 * S))
+    runs = {}
+    for path in ("per-event", "batch"):
+        model = new_model(concentration_window_ns=20 * S)
+        stream = chunks if path == "per-event" else rechunk(chunks, 97)
+        if path == "batch":
+            monkeypatch.setattr(sigkit_onchain_oi, "_ring_capacity", lambda held, n_stats: max(held, 1))
+        result = Replay(sources=[("s", ListSource(stream))], models=[("oi", model)], target=TARGET,
+                        labelling=Labelling(S), path=path).run()
+        runs[path] = (result.predictions["oi"], model)
+    (a, per_event), (b, batch) = runs["per-event"], runs["batch"]
+    assert per_event.seen_stat and len(per_event.additions) > 3 and per_event.model.n_updates > 1000
+    for column in ("p", "confidence", "cost_bps"):
+        np.testing.assert_array_equal(a[column], b[column])
+    # The state written back is the per-event state, bit for bit: checkpoints and per-event hooks go on.
+    assert _learned(batch) == _learned(per_event)
+    assert type(batch.additions[0][0]) is int and type(batch.additions[0][1]) is float
+
+
+def test_batch_path_matches_on_the_stat_rows_the_simulator_never_writes():
+    # OI rows without a mark price (the addition is referenced to the target mid), marks <= 0, NaN OI and
+    # funding, liquidations of unknown size, and statistics of another market, on both paths, whole and in
+    # small pieces.
+    from sigkit.testing import check_batch_equivalence
+
+    rows = np.concatenate(list(sim.simulate("oi", seed=6, duration_ns=180 * S)))
+    rng = np.random.default_rng(6)
+    stats = np.flatnonzero(rows["kind"] == STAT)
+    pick = lambda share: stats[rng.random(len(stats)) < share]  # noqa: E731
+    rows["mark_price"][stats] *= 1.003  # 30 bps off the mid: which reference an addition gets matters
+    rows["mark_price"][pick(0.4)] = np.nan
+    rows["mark_price"][pick(0.05)] = 0.0
+    rows["open_interest"][pick(0.1)] = np.nan
+    rows["funding_rate"][pick(0.2)] = np.nan
+    liqs = stats[rows["side"][stats] != 0]
+    rows["size"][liqs[rng.random(len(liqs)) < 0.3]] = np.nan
+    other = rows[pick(0.3)].copy()
+    other["symbol"] = "ETH-PERP"
+    other["open_interest"] *= 3.0
+    rows = np.concatenate([rows, other])
+    rows = rows[np.argsort(rows["ts_ns"], kind="stable")]
+
+    def run(chunks, path):
+        model = new_model(concentration_window_ns=30 * S)
+        result = Replay(sources=[("s", ListSource(chunks))], models=[("oi", model)], target=TARGET,
+                        labelling=Labelling(S), path=path).run()
+        assert model.seen_stat and model.model.n_updates > 500
+        return result.predictions["oi"]
+
+    assert check_batch_equivalence(run, [rows], tolerance=0.0) is None

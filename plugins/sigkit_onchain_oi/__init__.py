@@ -53,19 +53,150 @@ been seen the model returns the base rate itself, with confidence 0.
 Causality: every statistic is stamped with the receive time ``ts_ns`` the engine hands over (many venues
 publish OI without an exchange timestamp; ``exch_ts_ns`` is never read), and every average is decayed to
 the query time, which the engine guarantees is later than every event seen.
+
+Batch path: ``on_batch`` runs the same hooks over a whole piece in one compiled kernel
+(:func:`_onchain_oi_kernel`) that calls the compiled twins of the formula functions below, so its
+predictions are those of the per-event hooks bit for bit; the OI additions are held there in a numpy
+ring and written back to ``additions`` after each piece.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 
 import attrs
+import numpy as np
 
 import sigkit
+from sigkit import fast
+from sigkit.batch import BOOK, EVENT, OUTCOME, QUERY, STAT
 
 NS_PER_S = 1_000_000_000
 LN2 = math.log(2.0)
+COMPENSATED_SUM = sys.version_info >= (3, 12)  # how this interpreter's sum() adds floats
+NO_TS = -(2 ** 63)  # the batch path's "no time yet" (None on the per-event path)
+
+
+# The formulas, as plain functions on scalars and indexable sequences: the per-event methods call them as
+# they are and the batch kernel calls their compiled twins (sigkit.fast.twin), so both paths share one
+# source.  Explicit index loops only (numba compiles those), and no calls to other Python functions.
+
+def ew_decayed(total: float, lam_per_ns: float, last_ts: int, ts_ns: int) -> float:
+    """An exponentially weighted total decayed from ``last_ts`` to the later ``ts_ns``."""
+    return total * math.exp(-lam_per_ns * (ts_ns - last_ts))
+
+
+def ew_value(lam_per_s: float, lam_per_ns: float, total: float, last_ts: int, ts_ns: int) -> float:
+    """The rate per second of an exponentially weighted total last moved at ``last_ts``, read at ``ts_ns``."""
+    return lam_per_s * total * math.exp(-lam_per_ns * max(ts_ns - last_ts, 0))
+
+
+def oi_change_bps(oi: float, last_oi: float) -> float:
+    """The change of log open interest, in bps."""
+    return math.log(oi / last_oi) * 1e4
+
+
+def concentration_share(added, at, first: int, count: int, price: float, band_bps: float) -> float:
+    """Share of the OI ``added`` at reference prices ``at`` that was added within ``band_bps`` of ``price``,
+    over entries ``first, first + 1, ... first + count - 1`` (indices modulo ``len(added)``: a ring)."""
+    cap = len(added)
+    band = band_bps * 1e-4 * price
+    total = 0.0
+    near = 0.0
+    for k in range(count):
+        j = (first + k) % cap
+        total += added[j]
+        if abs(at[j] - price) <= band:
+            near += added[j]
+    return near / total
+
+
+def liquidation_recency(ts_ns: int, last_liq_ts: int, halflife_ns: int) -> float:
+    """``exp(-dt / halflife)`` of the time since the last liquidation."""
+    return math.exp(-(ts_ns - last_liq_ts) / halflife_ns)
+
+
+def fill_features(x, a: int, funding: float, oi_rates, concentration: float, count_rate: float, size_rate: float,
+                  signed_count_rate: float, signed_size_rate: float, recency: float, last_liq_side: int) -> None:
+    """The raw features into ``x`` (in the order of :meth:`OnchainOI.feature_names`) from the averages read at
+    the query time; ``a`` is the aggressor side, ``oi_rates`` the OI change rates, one per half-life."""
+    f = funding * 1e4  # in bps
+    push = -1.0 if f > 0 else 1.0 if f < 0 else 0.0  # where a forced exit of the crowded side moves price
+    j = 0
+    for k in range(len(oi_rates)):
+        r = oi_rates[k]
+        x[j] = r
+        x[j + 1] = -a * push * r
+        j += 2
+    c = concentration
+    imbalance = signed_size_rate / size_rate if size_rate > 1e-12 else 0.0
+    x[j] = c
+    x[j + 1] = a * push * c
+    x[j + 2] = -a * f
+    x[j + 3] = -a * f * abs(f)
+    x[j + 4] = abs(f)
+    x[j + 5] = count_rate
+    x[j + 6] = size_rate
+    x[j + 7] = a * signed_count_rate
+    x[j + 8] = a * imbalance
+    x[j + 9] = recency
+    x[j + 10] = a * last_liq_side * recency
+
+
+def standardise(x, z, mean, var, n: int, window: int, clip: float) -> None:
+    """``z`` = ``x`` standardised with the statistics before this value, clipped to +-``clip``; then the
+    statistics updated in place with ``x``, the ``n``-th value (Welford's, then weight ``1 / window``)."""
+    for i in range(len(x)):
+        s2 = var[i]
+        if s2 > 1e-24:
+            u = (x[i] - mean[i]) / math.sqrt(s2)
+            z[i] = clip if u > clip else -clip if u < -clip else u
+        else:
+            z[i] = 0.0
+    w = 1.0 / min(n, window)
+    for i in range(len(x)):
+        d = x[i] - mean[i]
+        mean[i] += w * d
+        var[i] = (1.0 - w) * (var[i] + w * d * d)
+
+
+def score_of(weights, z) -> float:
+    """``w.z`` summed in index order exactly as the built-in ``sum`` adds floats: plainly up to Python 3.11,
+    with Neumaier's compensation from 3.12 on (``COMPENSATED_SUM``)."""
+    s = 0.0
+    c = 0.0
+    for i in range(len(weights)):
+        x = weights[i] * z[i]
+        if COMPENSATED_SUM:
+            t = s + x
+            if abs(s) >= abs(x):
+                c += (s - t) + x
+            else:
+                c += (x - t) + s
+            s = t
+        else:
+            s += x
+    if COMPENSATED_SUM and c != 0.0 and math.isfinite(c):
+        s += c
+    return s
+
+
+def reliability_step(reliability: float, precision: float, p: float, s: float, y: float, keep: float,
+                     prior: float) -> tuple[float, float]:
+    """The Newton step of the reliability slope on an outcome ``y`` of score ``s`` issued with ``p``:
+    the new (reliability, precision)."""
+    precision = keep * precision + (1.0 - keep) * prior + max(p * (1.0 - p), 1e-4) * s * s
+    return reliability + (y - p) * s / precision, precision
+
+
+def average_step(averaged, weights, n_updates: int, window: int) -> None:
+    """Polyak-Ruppert averaging, exponentially weighted over about ``window`` updates, in place."""
+    a = 1.0 / min(n_updates, window)
+    for i in range(len(averaged)):
+        u = averaged[i]
+        averaged[i] = u + a * (weights[i] - u)
 
 
 @attrs.frozen
@@ -129,7 +260,7 @@ class EWRate(sigkit.LearnedState):
 
     def add(self, value: float, ts_ns: int) -> None:
         if self.last_ts is not None and ts_ns > self.last_ts:
-            self.total *= math.exp(-self.lam_per_ns * (ts_ns - self.last_ts))
+            self.total = ew_decayed(self.total, self.lam_per_ns, self.last_ts, ts_ns)
         if self.last_ts is None or ts_ns > self.last_ts:
             self.last_ts = ts_ns
         self.total += value
@@ -137,7 +268,7 @@ class EWRate(sigkit.LearnedState):
     def value_at(self, ts_ns: int) -> float:
         if self.last_ts is None:
             return 0.0
-        return self.lam_per_s * self.total * math.exp(-self.lam_per_ns * max(ts_ns - self.last_ts, 0))
+        return ew_value(self.lam_per_s, self.lam_per_ns, self.total, self.last_ts, ts_ns)
 
 
 class OnlineStandardiser(sigkit.LearnedState):
@@ -152,25 +283,16 @@ class OnlineStandardiser(sigkit.LearnedState):
         self.clip = clip
 
     def transform_and_update(self, x: list[float]) -> list[float]:
-        clip = self.clip
-        z = []
-        for v, m, s2 in zip(x, self.mean, self.var):
-            if s2 > 1e-24:
-                u = (v - m) / math.sqrt(s2)
-                z.append(clip if u > clip else -clip if u < -clip else u)
-            else:
-                z.append(0.0)
+        z = [0.0] * len(x)
         self.n += 1
-        w = 1.0 / min(self.n, self.window)
-        for i, v in enumerate(x):
-            d = v - self.mean[i]
-            self.mean[i] += w * d
-            self.var[i] = (1.0 - w) * (self.var[i] + w * d * d)
+        standardise(x, z, self.mean, self.var, self.n, self.window, self.clip)
         return z
 
 
 class OnchainOI(sigkit.LearnedState):
     """Open interest, funding and liquidations of the target market, learned online (see the module doc)."""
+
+    STATE_VERSION = 2  # 1: no batch-path memory of pending fills (slots)
 
     def __init__(self, params: OnchainOIParams, context: sigkit.RunContext):
         self.params = params
@@ -201,6 +323,7 @@ class OnchainOI(sigkit.LearnedState):
         self.base_rate = sigkit.RunningBaseRate()
         self.cost = sigkit.ConditionalCost()
         self.pending = sigkit.PendingFills()  # fill -> (z, offset, score)
+        self.slots = sigkit.FillSlots(len(self.names) + 2)  # the batch path's memory of each fill: z, offset, score
 
     @staticmethod
     def feature_names(params: OnchainOIParams) -> list[str]:
@@ -232,7 +355,7 @@ class OnchainOI(sigkit.LearnedState):
         oi = stat.open_interest
         if oi == oi and oi > 0:
             if self.last_oi is not None:
-                change_bps = math.log(oi / self.last_oi) * 1e4
+                change_bps = oi_change_bps(oi, self.last_oi)
                 for rate in self.oi_rates:
                     rate.add(change_bps, ts)
                 added = oi - self.last_oi
@@ -265,36 +388,25 @@ class OnchainOI(sigkit.LearnedState):
             return 0.0
         key = (len(additions), additions[-1][0], price)
         if key != self._concentration_key:
-            band = self.params.concentration_band_bps * 1e-4 * price
-            total = near = 0.0
-            for _, added, at in additions:
-                total += added
-                if abs(at - price) <= band:
-                    near += added
-            self._concentration = near / total
+            added = [entry[1] for entry in additions]
+            at = [entry[2] for entry in additions]
+            self._concentration = concentration_share(added, at, 0, len(added), price,
+                                                      self.params.concentration_band_bps)
             self._concentration_key = key
         return self._concentration
 
     def features(self, query: sigkit.FillQuery) -> list[float]:
         """The raw (unstandardised) features at ``query``, in the order of :meth:`feature_names`."""
         t = query.ts_ns
-        a = -query.side
-        f = self.funding * 1e4  # in bps
-        push = -1.0 if f > 0 else 1.0 if f < 0 else 0.0  # where a forced exit of the crowded side moves price
-        x = []
-        for rate in self.oi_rates:
-            r = rate.value_at(t)
-            x += [r, -a * push * r]
+        oi_rates = [rate.value_at(t) for rate in self.oi_rates]
         c = self.concentration(t)
-        size = self.liq_size.value_at(t)
-        imbalance = self.liq_signed_size.value_at(t) / size if size > 1e-12 else 0.0
         if self.last_liq_ts is None:
             recency = 0.0
         else:
-            recency = math.exp(-(t - self.last_liq_ts) / self.params.liquidation_halflife_ns)
-        x += [c, a * push * c, -a * f, -a * f * abs(f), abs(f),
-              self.liq_count.value_at(t), size, a * self.liq_signed_count.value_at(t), a * imbalance,
-              recency, a * self.last_liq_side * recency]
+            recency = liquidation_recency(t, self.last_liq_ts, self.params.liquidation_halflife_ns)
+        x = [0.0] * len(self.names)
+        fill_features(x, -query.side, self.funding, oi_rates, c, self.liq_count.value_at(t), self.liq_size.value_at(t),
+                      self.liq_signed_count.value_at(t), self.liq_signed_size.value_at(t), recency, self.last_liq_side)
         return x
 
     # Prediction and learning ---------------------------------------------------------------------------
@@ -302,7 +414,7 @@ class OnchainOI(sigkit.LearnedState):
     def score(self, z: list[float]) -> float:
         """The fitted score ``s = w.z`` (with the averaged weights when averaging is on)."""
         weights = self.averaged if self.params.average_window else self.model.weights
-        return sum(w * v for w, v in zip(weights, z))
+        return score_of(weights, z)
 
     def predict(self, query: sigkit.FillQuery) -> sigkit.Prediction:
         if not self.seen_stat:
@@ -325,17 +437,295 @@ class OnchainOI(sigkit.LearnedState):
             # The reliability of the score as issued (out of sample): a one-dimensional Newton step on the
             # log loss under a zero-centred Gaussian prior, with forgetting back towards that prior.
             p = sigkit.sigmoid(offset + self.reliability * s)
-            keep = self._reliability_keep
-            self.reliability_precision = (keep * self.reliability_precision
-                                          + (1.0 - keep) * self.params.reliability_prior
-                                          + max(p * (1.0 - p), 1e-4) * s * s)
-            self.reliability += (y - p) * s / self.reliability_precision
+            self.reliability, self.reliability_precision = reliability_step(
+                self.reliability, self.reliability_precision, p, s, y, self._reliability_keep,
+                self.params.reliability_prior)
             self.model.update(z, y, offset)
             if self.params.average_window:
-                a = 1.0 / min(self.model.n_updates, self.params.average_window)
-                self.averaged = [u + a * (w - u) for u, w in zip(self.averaged, self.model.weights)]
+                average_step(self.averaged, self.model.weights, self.model.n_updates, self.params.average_window)
         self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)
         self.cost.update(outcome.was_adverse, outcome.realized_as_bps)
+
+
+    # The batch path ------------------------------------------------------------------------------------
+
+    def on_batch(self, batch: sigkit.Batch) -> sigkit.BatchPredictions:
+        """The per-event hooks over a whole piece, in one compiled kernel (:func:`_onchain_oi_kernel`)."""
+        n_q = batch.n_queries
+        out = np.empty((3, n_q))
+        if n_q:
+            self.slots.ensure(batch)
+        target = batch.markets.code(self.target.venue, self.target.symbol)
+        rates = [*self.oi_rates, self.liq_count, self.liq_size, self.liq_signed_count, self.liq_signed_size]
+        ew_total = np.array([r.total for r in rates])
+        ew_last = np.array([NO_TS if r.last_ts is None else r.last_ts for r in rates], dtype=np.int64)
+        ew_lam_ns = np.array([r.lam_per_ns for r in rates])
+        ew_lam_s = np.array([r.lam_per_s for r in rates])
+        model, rate, cost, scaler = self.model, self.base_rate, self.cost, self.scaler
+        key = self._concentration_key
+        fstate = np.array([self.funding, _nan_if_none(self.last_oi), _nan_if_none(self.mid), _nan_if_none(self.mark),
+                           self._concentration, math.nan if key is None else key[2], self.reliability,
+                           self.reliability_precision, model.intercept, rate._adverse, rate._total, *cost._sum])
+        istate = np.array([int(self.seen_stat), NO_TS if self.last_liq_ts is None else self.last_liq_ts,
+                           self.last_liq_side, 0, len(self.additions), key is not None,
+                           0 if key is None else key[0], 0 if key is None else key[1], scaler.n, model.n_updates,
+                           rate.n, NO_TS if rate._last_ts is None else rate._last_ts, *cost._n], dtype=np.int64)
+        mean, var = np.array(scaler.mean, dtype=float), np.array(scaler.var, dtype=float)
+        weights, averaged = np.array(model.weights, dtype=float), np.array(self.averaged, dtype=float)
+        # The additions as a ring: room for every one held now and one per statistic of the target in the
+        # piece (each adds at most one), so the kernel never runs out; if it did, it would stop before the
+        # step that needs room, and the ring grows and the kernel goes on from that step.
+        n_stats = int(np.count_nonzero((batch.kind == STAT) & (batch.market == target)))
+        capacity = _ring_capacity(len(self.additions), n_stats)
+        ring_ts = np.zeros(capacity, dtype=np.int64)
+        ring_added, ring_at = np.zeros(capacity), np.zeros(capacity)
+        if self.additions:
+            held = len(self.additions)
+            ring_ts[:held] = [entry[0] for entry in self.additions]
+            ring_added[:held] = [entry[1] for entry in self.additions]
+            ring_at[:held] = [entry[2] for entry in self.additions]
+        params = self.params
+        columns = (batch.column("bid_px"), batch.column("ask_px"), batch.column("open_interest"),
+                   batch.column("funding_rate"), batch.column("mark_price"), batch.column("side"),
+                   batch.column("size"))
+        start = 0
+        while True:
+            start = _onchain_oi_kernel(
+                start, batch.op, batch.ref, batch.kind, batch.market, batch.ts, *columns,
+                batch.q_ts, batch.q_side, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse,
+                batch.o_realized_bps, target, params.concentration_window_ns, params.concentration_band_bps,
+                params.liquidation_halflife_ns, params.standardise_window, params.clip, params.average_window,
+                model.learning_rate, model.l2, model.intercept_learning_rate, self._reliability_keep,
+                params.reliability_prior, params.evidence, rate._prior_adverse, rate._prior_total, len(self.oi_rates),
+                fstate, istate, ew_total, ew_last, ew_lam_ns, ew_lam_s, mean, var, weights, averaged,
+                ring_ts, ring_added, ring_at, self.slots.values, self.slots.owner, out)
+            if start < 0:
+                break
+            # The ring was full: twice the room, the held additions first, and on from the step that stopped.
+            head, held = int(istate[3]), int(istate[4])
+            order = (head + np.arange(held)) % capacity
+            capacity *= 2
+            ring_ts, ring_added, ring_at = (np.concatenate([a[order], np.zeros(capacity - held, dtype=a.dtype)])
+                                            for a in (ring_ts, ring_added, ring_at))
+            istate[3] = 0
+        # Unpack: the instance's attributes as the per-event hooks would have left them.
+        for r, total, last in zip(rates, ew_total.tolist(), ew_last.tolist()):
+            r.total, r.last_ts = total, None if last == NO_TS else last
+        (self.funding, last_oi, mid, mark, self._concentration, key_price, self.reliability,
+         self.reliability_precision, model.intercept, rate._adverse, rate._total, cost_good,
+         cost_bad) = fstate.tolist()
+        self.last_oi, self.mid, self.mark = _none_if_nan(last_oi), _none_if_nan(mid), _none_if_nan(mark)
+        cost._sum = [cost_good, cost_bad]
+        (seen, last_liq_ts, self.last_liq_side, head, held, key_valid, key_n, key_last, scaler.n, model.n_updates,
+         rate.n, rate_last, n_good, n_bad) = istate.tolist()
+        self.seen_stat = bool(seen)
+        self.last_liq_ts = None if last_liq_ts == NO_TS else last_liq_ts
+        rate._last_ts = None if rate_last == NO_TS else rate_last
+        cost._n = [n_good, n_bad]
+        self._concentration_key = (key_n, key_last, key_price) if key_valid else None
+        scaler.mean, scaler.var = mean.tolist(), var.tolist()
+        model.weights, self.averaged = weights.tolist(), averaged.tolist()
+        order = (head + np.arange(held)) % len(ring_ts)
+        self.additions = deque(zip(ring_ts[order].tolist(), ring_added[order].tolist(), ring_at[order].tolist()))
+        return sigkit.BatchPredictions(out[0], out[1], out[2])
+
+
+def _nan_if_none(value) -> float:
+    return math.nan if value is None else value
+
+
+def _none_if_nan(value: float):
+    return None if value != value else value
+
+
+def _ring_capacity(held: int, n_stats: int) -> int:
+    """The ring's size for ``held`` additions and ``n_stats`` statistics to come: a power of two, at least 16."""
+    capacity = 16
+    while capacity < held + n_stats:
+        capacity *= 2
+    return capacity
+
+
+_ew_decayed = fast.twin(ew_decayed)
+_ew_value = fast.twin(ew_value)
+_oi_change_bps = fast.twin(oi_change_bps)
+_concentration_share = fast.twin(concentration_share)
+_liquidation_recency = fast.twin(liquidation_recency)
+_fill_features = fast.twin(fill_features)
+_standardise = fast.twin(standardise)
+_score_of = fast.twin(score_of)
+_reliability_step = fast.twin(reliability_step)
+_average_step = fast.twin(average_step)
+
+
+@fast.kernel
+def _ew_add(ew_total, ew_last, k, value, ts, ew_lam_ns):
+    """EWRate.add on rate ``k``."""
+    last = ew_last[k]
+    if last != NO_TS and ts > last:
+        ew_total[k] = _ew_decayed(ew_total[k], ew_lam_ns[k], last, ts)
+    if last == NO_TS or ts > last:
+        ew_last[k] = ts
+    ew_total[k] += value
+
+
+@fast.kernel
+def _ew_read(ew_total, ew_last, k, ts, ew_lam_ns, ew_lam_s):
+    """EWRate.value_at on rate ``k``."""
+    if ew_last[k] == NO_TS:
+        return 0.0
+    return _ew_value(ew_lam_s[k], ew_lam_ns[k], ew_total[k], ew_last[k], ts)
+
+
+@fast.kernel
+def _onchain_oi_kernel(start, op, ref, kind, market, ts, bid_px, ask_px, open_interest, funding_rate, mark_price,
+                       side, size, q_ts, q_side, q_fill, o_fill, o_ts, o_adverse, o_realized, target, window_ns,
+                       band_bps, liq_halflife_ns, standardise_window, clip, average_window, lr, l2, intercept_lr,
+                       reliability_keep, reliability_prior, evidence, prior_adverse, prior_total, n_oi, fstate,
+                       istate, ew_total, ew_last, ew_lam_ns, ew_lam_s, mean, var, weights, averaged, ring_ts,
+                       ring_added, ring_at, slot_values, slot_owner, out):
+    """OnchainOI over a batch, from schedule step ``start``.  Returns -1 when done, or the step at which it
+    stopped, untouched, because the additions ring is full.
+
+    ``fstate`` = funding, last OI, mid, mark (NaN: none), cached concentration, its key's price, reliability,
+    its precision, intercept, base rate (adverse, total), cost sums (good, bad); ``istate`` = seen a
+    statistic, last liquidation time, its side, ring head, ring count, concentration key set, its count and
+    last time, standardiser count, fit updates, base-rate outcomes and last time, cost counts (good, bad).
+    ``ew_*``: the OI change rates, then liquidation count, size, signed count and signed size."""
+    n = mean.size
+    x = np.empty(n)
+    z = np.empty(n)
+    oi_rates = np.empty(n_oi)
+    cap = ring_ts.size
+    slots = slot_owner.size
+    for i in range(start, op.size):
+        step = op[i]
+        if step == EVENT:
+            r = ref[i]
+            if market[r] != target:
+                continue
+            k = kind[r]
+            if k == BOOK:
+                mid = 0.5 * (bid_px[r] + ask_px[r])
+                if mid == mid:
+                    fstate[2] = mid
+            elif k == STAT:
+                if istate[4] == cap:
+                    return i  # no room for an addition: the caller grows the ring and runs on from here
+                t = ts[r]
+                istate[0] = 1
+                mark = mark_price[r]
+                if mark == mark and mark > 0:
+                    fstate[3] = mark
+                funding = funding_rate[r]
+                if funding == funding:
+                    fstate[0] = funding
+                oi = open_interest[r]
+                if oi == oi and oi > 0:
+                    last_oi = fstate[1]
+                    if last_oi == last_oi:
+                        change_bps = _oi_change_bps(oi, last_oi)
+                        for h in range(n_oi):
+                            _ew_add(ew_total, ew_last, h, change_bps, t, ew_lam_ns)
+                        added = oi - last_oi
+                        price = mark if mark == mark else fstate[2]
+                        if added > 0 and price == price:
+                            at = (istate[3] + istate[4]) % cap
+                            ring_ts[at] = t
+                            ring_added[at] = added
+                            ring_at[at] = price
+                            istate[4] += 1
+                            istate[5] = 0
+                    fstate[1] = oi
+                liq = side[r]
+                if liq != 0:
+                    liq_size = size[r] if size[r] == size[r] else 0.0
+                    _ew_add(ew_total, ew_last, n_oi, 1.0, t, ew_lam_ns)
+                    _ew_add(ew_total, ew_last, n_oi + 1, liq_size, t, ew_lam_ns)
+                    _ew_add(ew_total, ew_last, n_oi + 2, float(liq), t, ew_lam_ns)
+                    _ew_add(ew_total, ew_last, n_oi + 3, liq * liq_size, t, ew_lam_ns)
+                    istate[1] = t
+                    istate[2] = 1 if liq > 0 else -1
+        elif step == QUERY:
+            q = ref[i]
+            if istate[0] == 0:  # no statistic of the target yet: the base rate, confidence 0
+                p = fast.base_rate_value(fstate[9], fstate[10], prior_adverse, prior_total)
+                out[0, q] = p
+                out[1, q] = 0.0
+                out[2, q] = fast.expected_cost(p, fstate[11], istate[12], fstate[12], istate[13])
+                continue
+            t = q_ts[q]
+            for h in range(n_oi):
+                oi_rates[h] = _ew_read(ew_total, ew_last, h, t, ew_lam_ns, ew_lam_s)
+            # Concentration: drop the additions older than the window, then the share near the price.
+            oldest_ns = t - window_ns
+            while istate[4] > 0 and ring_ts[istate[3]] < oldest_ns:
+                istate[3] = (istate[3] + 1) % cap
+                istate[4] -= 1
+                istate[5] = 0
+            price = fstate[2] if fstate[2] == fstate[2] else fstate[3]
+            if istate[4] == 0 or price != price:
+                c = 0.0
+            else:
+                held = istate[4]
+                newest = ring_ts[(istate[3] + held - 1) % cap]
+                if not (istate[5] == 1 and istate[6] == held and istate[7] == newest and fstate[5] == price):
+                    fstate[4] = _concentration_share(ring_added, ring_at, istate[3], held, price, band_bps)
+                    istate[5] = 1
+                    istate[6] = held
+                    istate[7] = newest
+                    fstate[5] = price
+                c = fstate[4]
+            recency = 0.0 if istate[1] == NO_TS else _liquidation_recency(t, istate[1], liq_halflife_ns)
+            a = -np.int64(q_side[q])
+            _fill_features(x, a, fstate[0], oi_rates, c, _ew_read(ew_total, ew_last, n_oi, t, ew_lam_ns, ew_lam_s),
+                           _ew_read(ew_total, ew_last, n_oi + 1, t, ew_lam_ns, ew_lam_s),
+                           _ew_read(ew_total, ew_last, n_oi + 2, t, ew_lam_ns, ew_lam_s),
+                           _ew_read(ew_total, ew_last, n_oi + 3, t, ew_lam_ns, ew_lam_s), recency, istate[2])
+            istate[8] += 1
+            _standardise(x, z, mean, var, istate[8], standardise_window, clip)
+            offset = fast.logit(fast.base_rate_value(fstate[9], fstate[10], prior_adverse, prior_total))
+            s = _score_of(averaged if average_window else weights, z)
+            slot = q_fill[q] % slots
+            slot_owner[slot] = q_fill[q]
+            for j in range(n):
+                slot_values[slot, j] = z[j]
+            slot_values[slot, n] = offset
+            slot_values[slot, n + 1] = s
+            p = fast.sigmoid(offset + fstate[6] * s)
+            out[0, q] = p
+            out[1, q] = fast.evidence_confidence(istate[9], evidence)
+            out[2, q] = fast.expected_cost(p, fstate[11], istate[12], fstate[12], istate[13])
+        elif step == OUTCOME:
+            o = ref[i]
+            y = o_adverse[o]
+            slot = o_fill[o] % slots
+            if slot_owner[slot] == o_fill[o]:
+                slot_owner[slot] = -1
+                for j in range(n):
+                    z[j] = slot_values[slot, j]
+                offset = slot_values[slot, n]
+                s = slot_values[slot, n + 1]
+                p = fast.sigmoid(offset + fstate[6] * s)
+                fstate[6], fstate[7] = _reliability_step(fstate[6], fstate[7], p, s, y, reliability_keep,
+                                                         reliability_prior)
+                error = fast.sigmoid(fast.logistic_decision(weights, fstate[8], z, offset)) - y
+                fast.logistic_step(weights, z, error, lr, l2)
+                fstate[8] -= intercept_lr * error
+                istate[9] += 1
+                if average_window:
+                    _average_step(averaged, weights, istate[9], average_window)
+            # RunningBaseRate.update (no half-life) and ConditionalCost.update.
+            istate[11] = o_ts[o]
+            fstate[9] += y
+            fstate[10] += 1.0
+            istate[10] += 1
+            realized = o_realized[o]
+            if realized == realized:
+                good_bad = 1 if y == 1.0 else 0
+                fstate[11 + good_bad] += realized
+                istate[12 + good_bad] += 1
+    return -1
 
 
 @sigkit.hookimpl
