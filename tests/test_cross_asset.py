@@ -236,14 +236,14 @@ def _run_model(sources, **params):
     """Replay chunk lists through one cross_asset instance; return the instance, its estimates and scores."""
     model = CrossAsset(CrossAssetParams(**params), sigkit.RunContext(target=TARGET, horizon_ns=H))
     estimates = []
-    reestimate = model._reestimate
+    estimate = model._estimate  # both paths estimate through it (the batch path between kernel calls)
 
-    def spy(now_ns):
-        reestimate(now_ns)
+    def spy(now_ns, *series):
+        estimate(now_ns, *series)
         if model.estimate is not None and model.estimate.ts_ns == now_ns:
             estimates.append(model.estimate)
 
-    model._reestimate = spy
+    model._estimate = spy
     replay = Replay(sources=[(f"s{k}", ListSource(c)) for k, c in enumerate(sources)], models=[("ca", model)],
                     target=TARGET, labelling=Labelling(H))
     return model, estimates, score_run(replay.run(), horizon_ns=H)["ca"]
@@ -308,6 +308,78 @@ def test_no_look_ahead_predictions_do_not_depend_on_what_follows():
         np.testing.assert_array_equal(short.predictions["ca"][key], long.predictions["ca"][key][:n])
     assert (short.predictions["ca"]["confidence"] > 0).sum() > 500  # the leader was in use in the prefix
 
+
+# -- the batch path (on_batch: a numba kernel, the lead-lag estimate made between kernel calls) ------------
+
+def _small_pieces(chunks, rows=97):
+    """The chunks cut into pieces of about ``rows`` rows at timestamp boundaries, so that the tick windows,
+    the pending fills and the re-estimation schedule all cross many batch boundaries."""
+    out = []
+    for chunk in chunks:
+        ts = chunk["ts_ns"]
+        lo = 0
+        while lo < len(chunk):
+            hi = int(np.searchsorted(ts, ts[min(lo + rows, len(chunk) - 1)], side="right"))
+            out.append(chunk[lo:hi])
+            lo = hi
+    return out
+
+
+@pytest.mark.parametrize("target_move", [False, True])
+def test_batch_path_estimates_at_the_same_events_and_leaves_the_same_state(target_move):
+    # A short window and frequent estimates, so changes expire from the tick windows within a run of batches.
+    params = {"window_ns": 40 * S, "reestimate_ns": S, "min_changes": 20, "min_z": 3.0, "target_move": target_move}
+    chunks = _small_pieces(_simulate(sigkit.sim.world_spec("mixed"), seed=4, minutes=3))
+    runs = {}
+    for path in ("per-event", "batch"):
+        model = CrossAsset(CrossAssetParams(**params), sigkit.RunContext(target=TARGET, horizon_ns=H))
+        calls = []
+        estimate = model._estimate
+
+        def spy(now_ns, *series, estimate=estimate, calls=calls):
+            calls.append((now_ns, *(np.asarray(a).tolist() for a in series)))
+            estimate(now_ns, *series)
+
+        model._estimate = spy
+        replay = Replay(sources=[("sim", ListSource(chunks))], models=[("ca", model)], target=TARGET,
+                        labelling=Labelling(H), path=path)
+        result = replay.run()
+        del model._estimate
+        runs[path] = (model, calls, result.predictions["ca"])
+    (reference, calls, expected), (model, batch_calls, got) = runs["per-event"], runs["batch"]
+    assert len(calls) > 100 and batch_calls == calls  # the same windows, at the same event times
+    for key in ("p", "confidence", "cost_bps"):
+        np.testing.assert_array_equal(got[key], expected[key])
+    assert (got["confidence"] > 0).sum() > 300
+    assert model.describe() == reference.describe()
+    for name in ("leader_ticks", "target_ticks"):
+        a, b = getattr(reference, name), getattr(model, name)
+        assert (a.ts[a.start:], a.mid[a.start:]) == (b.ts[b.start:], b.mid[b.start:])
+    skip = {"leader_ticks", "target_ticks", "pending", "slots"}
+    mine, theirs = model.state_dict()["attrs"], reference.state_dict()["attrs"]
+    assert {k: repr(v) for k, v in mine.items() if k not in skip} == {k: repr(v) for k, v in theirs.items() if k not in skip}
+    # The kernel's state carries on in the per-event hooks: one more book update and fill agree.
+    later = chunks[-1]["ts_ns"][-1] + 1
+    for m in (reference, model):
+        _feed(m, [book(later, 60000.0, 60001.0, venue=sigkit.sim.LEADER_VENUE, symbol=TARGET.symbol)])
+    query = sigkit.FillQuery(later + 1, TARGET.venue, TARGET.symbol, side=1, price=60000.0, size=1.0)
+    assert model.predict(query) == reference.predict(query)
+
+
+def test_compiled_square_root_is_pythons_pow():
+    # numba compiles ``v ** 0.5`` to sqrt, which differs from the C pow Python calls in the last bit now
+    # and then; the features' twin calls pow itself, so the two paths agree to the bit.
+    import numba
+    from sigkit_cross_asset.kernel import squash_features as compiled
+    from sigkit_cross_asset.leadlag import pow_half, squash_features
+
+    values = np.exp(np.random.default_rng(0).uniform(-20, 20, 20000))
+    twin = numba.njit(lambda v: pow_half(v))  # compiled code calling pow_half gets the C pow
+    assert [twin(v) for v in values.tolist()] == [pow_half(v) for v in values.tolist()]
+    for move in values[:2000].tolist():
+        x, y = [0.0, 0.0, 0.0], np.zeros(3)
+        assert squash_features(move, -move, -1, 3, 1.5, 0.2, x) == compiled(move, -move, -1, 3, 1.5, 0.2, y)
+        assert x == y.tolist()
 
 # -- end to end through recipes -----------------------------------------------------------------------------
 

@@ -31,20 +31,25 @@ the target must not feed noise to the fit.
 The latest estimate is kept as ``model.estimate`` (:class:`LeadLagEstimate`: ``lag_ns``, the
 correlation at the lag, the correlation at zero shift, the lead/lag ratio, the z-score); ``model.lag_ns``,
 ``model.correlation`` and ``model.lead_lag_ratio`` read it, and ``describe()`` puts it in the report.
+
+The batch path (``on_batch``) runs the same hooks in a numba kernel (:mod:`sigkit_cross_asset.kernel`) on the
+compiled twins of the same formulas (:mod:`sigkit_cross_asset.leadlag`), and makes each lead-lag estimate
+with the same numpy code between two kernel calls, at the same point in event order, so its predictions and
+state equal the per-event path's (bit for bit on every simulated world and the Binance recording checked).
 """
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 
 import attrs
 import numpy as np
 
 import sigkit
+from sigkit_cross_asset import kernel as _kernel
 from sigkit_cross_asset.leadlag import (
     LeadLagEstimate, cauchy_schwarz_bound, estimate_lead_lag, hy_covariance_on_grid, hy_shifted_covariance, hy_shifted_covariance_brute,
-    lead_lag_ratio, shift_grid,
+    lead_lag_ratio, leader_step_mean, move_bps, shift_grid, squash_features,
 )
 
 __all__ = [
@@ -154,6 +159,11 @@ class CrossAsset(sigkit.LearnedState):
         self.base_rate = sigkit.RunningBaseRate()
         self.cost = sigkit.ConditionalCost()
         self.pending = sigkit.PendingFills()  # fill -> (features, offset)
+        self.slots = sigkit.FillSlots(self.n_features + 1)  # the batch path's memory of each fill: features, offset
+
+    @property
+    def n_features(self) -> int:
+        return 3 if self.params.target_move else 2
 
     # -- learned state (checkpoints) -----------------------------------------------------------------
 
@@ -225,7 +235,7 @@ class CrossAsset(sigkit.LearnedState):
             return
         if ticks is self.leader_ticks and previous is not None:
             self.n_leader_steps += 1
-            self.leader_step_bps += (abs(mid / previous - 1.0) * 1e4 - self.leader_step_bps) / self.n_leader_steps
+            self.leader_step_bps = leader_step_mean(self.leader_step_bps, previous, mid, self.n_leader_steps)
         if self.next_estimate_ns is None:
             self.next_estimate_ns = book.ts_ns + self.params.reestimate_ns
         elif book.ts_ns >= self.next_estimate_ns:
@@ -239,6 +249,11 @@ class CrossAsset(sigkit.LearnedState):
         y_ts, y = self.target_ticks.since(since)
         if min(len(x), len(y)) - 1 < self.params.min_changes:
             return
+        self._estimate(now_ns, x_ts, x, y_ts, y)
+
+    def _estimate(self, now_ns: int, x_ts: np.ndarray, x: np.ndarray, y_ts: np.ndarray, y: np.ndarray) -> None:
+        """HRY on the leader's and the target's mid changes of the window (both paths call this, at the
+        same points in event order)."""
         estimate = estimate_lead_lag(x_ts, np.log(x), y_ts, np.log(y), self.shifts_ns, ts_ns=now_ns)
         if estimate is not None:
             self.estimate = estimate
@@ -262,18 +277,15 @@ class CrossAsset(sigkit.LearnedState):
         estimate = self.estimate
         then = query.ts_ns - estimate.lag_ns
         a = -query.side
-        leader_move = (self.leader_ticks.last / self.leader_ticks.at(then) - 1.0) * 1e4
-        self.n_moves += 1
-        self.move_sq_bps2 += (leader_move * leader_move - self.move_sq_bps2) / self.n_moves
-        if not self.move_sq_bps2 > 0:
-            return [0.0] * (3 if self.params.target_move else 2)
-        scale = self.move_sq_bps2 ** 0.5
-        size = math.tanh(abs(leader_move) / scale)
-        self.mean_size += (size - self.mean_size) / self.n_moves
-        x = [a * math.copysign(size, leader_move), size - self.mean_size]
+        leader_move = move_bps(self.leader_ticks.last, self.leader_ticks.at(then))
         if self.params.target_move:
-            target_move = (self.target_ticks.last / self.target_ticks.at(then) - 1.0) * 1e4
-            x.append(a * math.tanh(target_move / scale))
+            target_move = move_bps(self.target_ticks.last, self.target_ticks.at(then))
+            x = [0.0, 0.0, 0.0]
+        else:
+            target_move = 0.0
+            x = [0.0, 0.0]
+        self.n_moves, self.move_sq_bps2, self.mean_size = squash_features(
+            leader_move, target_move, a, self.n_moves, self.move_sq_bps2, self.mean_size, x)
         return x
 
     def predict(self, query: sigkit.FillQuery) -> sigkit.Prediction:
@@ -293,6 +305,86 @@ class CrossAsset(sigkit.LearnedState):
             self.model.update(entry[0], 1.0 if outcome.was_adverse else 0.0, entry[1])
         self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)
         self.cost.update(outcome.was_adverse, outcome.realized_as_bps)
+
+    # -- the batch path ------------------------------------------------------------------------------
+
+    def on_batch(self, batch: sigkit.Batch) -> sigkit.BatchPredictions:
+        """The per-event hooks over a whole batch, compiled (:mod:`sigkit_cross_asset.kernel`); the lead-lag
+        estimate is made here, between two kernel calls, where the per-event path makes it."""
+        out = np.empty((3, batch.n_queries))
+        self.slots.ensure(batch)
+        k = _kernel
+        leader = batch.markets.code(self.leader.venue, self.leader.symbol)
+        target = batch.markets.code(self.target.venue, self.target.symbol)
+        books = batch.kind == sigkit.BOOK
+        market = batch.market
+        l_ts, l_mid, l_n = _tick_arrays(self.leader_ticks, int(np.count_nonzero(books & (market == leader))))
+        t_ts, t_mid, t_n = _tick_arrays(self.target_ticks, int(np.count_nonzero(books & (market == target))))
+        model, rate, cost, e = self.model, self.base_rate, self.cost, self.estimate
+        fstate = np.zeros(k.N_FSTATE)
+        fstate[[k.F_STEP, k.F_MOVE_SQ, k.F_MEAN_SIZE, k.F_INTERCEPT, k.F_ADVERSE, k.F_TOTAL, k.F_COST_GOOD,
+                k.F_COST_BAD]] = [self.leader_step_bps, self.move_sq_bps2, self.mean_size, model.intercept,
+                                  rate._adverse, rate._total, cost._sum[0], cost._sum[1]]
+        istate = np.zeros(k.N_ISTATE, dtype=np.int64)
+        istate[[k.I_LEADER_STEPS, k.I_MOVES, k.I_RATE_N, k.I_COST_N_GOOD, k.I_COST_N_BAD, k.I_UPDATES,
+                k.I_LEADER_N, k.I_TARGET_N]] = [self.n_leader_steps, self.n_moves, rate.n, cost._n[0], cost._n[1],
+                                                model.n_updates, l_n, t_n]
+        if self.next_estimate_ns is not None:
+            istate[k.I_NEXT_ESTIMATE], istate[k.I_HAS_NEXT] = self.next_estimate_ns, 1
+        if rate._last_ts is not None:
+            istate[k.I_RATE_LAST], istate[k.I_HAS_RATE_LAST] = rate._last_ts, 1
+        if e is not None:
+            istate[k.I_LAG], istate[k.I_HAS_ESTIMATE], fstate[k.F_Z] = e.lag_ns, 1, e.z_score
+        params = self.params
+        iparams = np.array([self.leader_ticks.keep_ns, params.reestimate_ns, params.window_ns, params.min_changes],
+                           dtype=np.int64)
+        fparams = np.array([params.min_z, model.learning_rate, model.l2, model.intercept_learning_rate,
+                            params.evidence])
+        weights = np.array(model.weights, dtype=float)
+        cols = (batch.op, batch.ref, batch.kind, market, batch.ts, batch.column("bid_px"), batch.column("ask_px"),
+                batch.q_ts, batch.q_side, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse,
+                batch.o_realized_bps, leader, target, l_ts, l_mid, t_ts, t_mid, iparams, fparams, fstate, istate,
+                weights, self.slots.values, self.slots.owner, out)
+        begin = 0
+        while True:
+            at = k.cross_asset_kernel(begin, *cols)
+            if at < 0:
+                break
+            kx, ky = int(istate[k.I_SINCE_LEADER]), int(istate[k.I_SINCE_TARGET])
+            ln, tn = int(istate[k.I_LEADER_N]), int(istate[k.I_TARGET_N])
+            self._estimate(int(batch.ts[batch.ref[at]]), l_ts[kx:ln].copy(), l_mid[kx:ln].copy(),
+                           t_ts[ky:tn].copy(), t_mid[ky:tn].copy())
+            e = self.estimate
+            if e is not None:
+                istate[k.I_LAG], istate[k.I_HAS_ESTIMATE], fstate[k.F_Z] = e.lag_ns, 1, e.z_score
+            begin = at + 1
+        _keep_ticks(self.leader_ticks, l_ts, l_mid, istate[k.I_LEADER_START], istate[k.I_LEADER_N])
+        _keep_ticks(self.target_ticks, t_ts, t_mid, istate[k.I_TARGET_START], istate[k.I_TARGET_N])
+        (self.leader_step_bps, self.move_sq_bps2, self.mean_size, model.intercept, rate._adverse, rate._total,
+         *cost._sum) = fstate[:k.F_Z].tolist()
+        (self.n_leader_steps, self.n_moves, next_estimate, has_next, rate.n, *cost._n, rate_last, has_rate_last,
+         model.n_updates) = istate[:k.I_LAG].tolist()
+        self.next_estimate_ns = next_estimate if has_next else None
+        rate._last_ts = rate_last if has_rate_last else None
+        model.weights = weights.tolist()
+        return sigkit.BatchPredictions(out[0], out[1], out[2])
+
+
+def _tick_arrays(ticks: _MidTicks, room: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The live changes of ``ticks`` as arrays with ``room`` for more (the kernel's store of them)."""
+    live = len(ticks.ts) - ticks.start
+    ts = np.empty(live + room, dtype=np.int64)
+    mid = np.empty(live + room)
+    ts[:live] = ticks.ts[ticks.start:]
+    mid[:live] = ticks.mid[ticks.start:]
+    return ts, mid, live
+
+
+def _keep_ticks(ticks: _MidTicks, ts: np.ndarray, mid: np.ndarray, start: int, n: int) -> None:
+    """Back from the kernel's arrays: the live changes ``[start, n)``."""
+    ticks.ts = ts[start:n].tolist()
+    ticks.mid = mid[start:n].tolist()
+    ticks.start = 0
 
 
 @sigkit.hookimpl

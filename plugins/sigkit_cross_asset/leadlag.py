@@ -35,6 +35,8 @@ Notation (METHODS.md §4).  The leader ``X`` is observed at ``t_0 < ... < t_n``,
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import numpy as np
 
@@ -223,3 +225,47 @@ def lead_lag_ratio(shifts_ns, rho) -> float:
     lead = sum(rho[i] ** 2 for i, _ in pairs)
     lag = sum(rho[j] ** 2 for _, j in pairs)
     return float(lead / lag) if lag > 0 else float("inf")
+
+
+# -- the per-fill formulas -----------------------------------------------------------------------------
+# Plain functions on scalars and indexable sequences, written with explicit index loops: the model's
+# per-event methods call them as they are, and its batch kernel (sigkit_cross_asset.kernel) calls their
+# compiled twins (sigkit.fast.twin), so both paths share one source.
+
+def pow_half(value: float) -> float:
+    """``value ** 0.5`` as Python computes it (the C library's ``pow``).  The compiled twin calls the same
+    C function (see ``sigkit_cross_asset.kernel``): numba would otherwise turn ``** 0.5`` into ``sqrt``,
+    which differs from ``pow`` in the last bit now and then."""
+    return value ** 0.5
+
+
+def leader_step_mean(mean_bps: float, previous: float, mid: float, n_steps: int) -> float:
+    """The running mean |leader mid change| (bps) after its ``n_steps``-th change, ``previous -> mid``."""
+    return mean_bps + (abs(mid / previous - 1.0) * 1e4 - mean_bps) / n_steps
+
+
+def move_bps(last: float, then: float) -> float:
+    """A mid's move from ``then`` to ``last`` in bps."""
+    return (last / then - 1.0) * 1e4
+
+
+def squash_features(leader_move: float, target_move: float, a: float, n_moves: int, move_sq_bps2: float,
+                    mean_size: float, x) -> tuple:
+    """Take in a fill's leader move ``L`` (bps) and write its features into ``x``: ``a·tanh(L/s)``,
+    ``tanh(|L|/s)`` minus its running mean, and, if ``x`` has a third entry, ``a·tanh(F/s)`` with ``F`` the
+    target's ``target_move``; ``s`` is the running RMS of ``L`` over the fills, this one included.  All
+    zeros while ``s`` is 0.  Returns the updated running moments ``(n_moves, move_sq_bps2, mean_size)``."""
+    n_moves += 1
+    move_sq_bps2 += (leader_move * leader_move - move_sq_bps2) / n_moves
+    if not move_sq_bps2 > 0:
+        for i in range(len(x)):
+            x[i] = 0.0
+        return n_moves, move_sq_bps2, mean_size
+    scale = pow_half(move_sq_bps2)
+    size = math.tanh(abs(leader_move) / scale)
+    mean_size += (size - mean_size) / n_moves
+    x[0] = a * math.copysign(size, leader_move)
+    x[1] = size - mean_size
+    if len(x) > 2:
+        x[2] = a * math.tanh(target_move / scale)
+    return n_moves, move_sq_bps2, mean_size
