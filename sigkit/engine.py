@@ -864,6 +864,13 @@ class _State:
                 raise
             raise ModelError(f"{culprit[0]} raised {type(err).__name__} in {culprit[1]} at ts_ns={t}: {err}") from err
 
+    def _paths(self) -> dict[str, str]:
+        """Which path each model and ensemble runs on: "batch" (on_batch) or "per-event"."""
+        batch = {self.replay.model_ids[m] for m, _ in self.batch_models}
+        batch |= {self.replay.ensembles[e][0] for e in self.batch_ensembles}
+        return {name: "batch" if name in batch else "per-event"
+                for name in [*self.replay.model_ids, *(name for name, _, _ in self.replay.ensembles)]}
+
     def _fill_object(self, i: int) -> FillQuery:
         """The fill in memory row ``i`` as a record (for fills asked before a checkpoint was restored)."""
         f = self.fills
@@ -937,6 +944,7 @@ class _State:
             "history": capture_state(self.history, "describe()"), "dropped": capture_state(self.dropped),
             "reference": {"adverse": self.ref_adverse, "total": self.ref_total},
             "markets": self.markets.state_dict(),
+            "paths": self._paths(),
             "pending": [p.copy() for p in self.pending],
             "fills": {name: np.array(self.fills.view(name)) for name in self.fills.shapes},
             "instances": instances,
@@ -948,6 +956,12 @@ class _State:
             raise ModelError(f"the engine state has layout version {state.get('version')!r}; this sigkit reads "
                              f"version {self.STATE_VERSION}")
         replay = self.replay
+        paths = self._paths()
+        for name, saved_path in state["paths"].items():
+            if paths.get(name, saved_path) != saved_path:
+                flag = "with --per-event" if saved_path == "per-event" else "without --per-event"
+                raise ModelError(f"{name!r} ran on its {saved_path} path when the checkpoint was taken, and what it "
+                                 f"remembers of pending fills belongs to that path: resume {flag}")
         for name, obj in replay._instances.items():
             saved = state["instances"].get(name)
             if saved is None:
@@ -1041,12 +1055,8 @@ class _State:
         for e, (name, *_rest) in enumerate(self.replay.ensembles):
             predictions[name] = {"p": cols["ens_p"][:, e], "confidence": cols["ens_confidence"][:, e],
                                  "cost_bps": cols["ens_cost"][:, e]}
-        batch = {self.replay.model_ids[m] for m, _ in self.batch_models}
-        batch |= {self.replay.ensembles[e][0] for e in self.batch_ensembles}
-        paths = {name: "batch" if name in batch else "per-event"
-                 for name in [*self.replay.model_ids, *(name for name, _, _ in self.replay.ensembles)]}
         return RunResult(
-            paths=paths,
+            paths=self._paths(),
             model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=self.describe_all(),
             state_history=self.history, dropped=dict(self.dropped),
             markout_horizons_ns=self.horizons, events=dict(self.events), first_ts_ns=self.first_ts,

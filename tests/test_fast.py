@@ -387,3 +387,20 @@ def test_a_cached_kernel_is_recompiled_when_a_formula_it_calls_from_another_file
     assert list((package / "__pycache__").glob("kern.run-*.nbi"))  # compiled once and cached
     (package / "formulas.py").write_text("def bump(x):\n    return x + 5.0\n")
     assert run() == 6.0  # numba alone would have run the cached kernel: 2.0
+
+
+def test_a_checkpoint_resumes_only_on_the_path_it_was_taken_on(tmp_path):
+    from sigkit.checkpoint import CheckpointError
+
+    chunks = simulate_stream("informed", "2m", seed=5)
+    registry = build_registry()
+
+    def replay(path):
+        flow = registry.lookup("model", "flow").factory(_params(registry, "flow"), _context("flow"))
+        return Replay(sources=[("s", ListSource(chunks))], models=[("flow", flow)], target=sigkit.testing.TARGET,
+                      labelling=Labelling(10**9), path=path)
+
+    replay("batch").run(checkpoint_path=tmp_path / "c.npz", until_ns=int(chunks[0]["ts_ns"][0]) + 60 * 10**9)
+    with pytest.raises(CheckpointError, match="'flow' ran on its batch path .*resume without --per-event"):
+        replay("per-event").run(resume_from=tmp_path / "c.npz")
+    assert len(replay("batch").run(resume_from=tmp_path / "c.npz").predictions["flow"]["p"]) > 100
