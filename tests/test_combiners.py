@@ -170,3 +170,125 @@ ensemble: {{combiner: stacking}}
     log_loss = {name: s["log_loss"] for name, s in scores.items()}
     best = min(v for name, v in log_loss.items() if name != "ensemble")
     assert log_loss["ensemble"] <= best + 0.01, log_loss
+
+
+# -- the batch path ------------------------------------------------------------------------------------
+
+def test_combiner_formulas_reproduce_learn_py_bit_for_bit():
+    """The kernels' formulas (and their compiled twins) give the very bits of NewtonLogistic and
+    RegimeTracker in sigkit.learn, and ``power`` those of Python's ``**``."""
+    import random
+
+    import numpy as np
+    from sigkit_combiners import kernel
+
+    from sigkit import fast
+
+    rng = random.Random(5)
+    k = 3
+    reference = sigkit.NewtonLogistic([1.0] * k, prior_precision=10.0, l2=0.5, halflife_outcomes=30.0)
+    theta, curvature = list(reference.theta), [[0.0] * (k + 1) for _ in range(k + 1)]
+    theta_c, curvature_c = np.array(theta), np.zeros((k + 1, k + 1))
+    prior, precision = np.array(reference.prior), np.array(reference.prior_precision)
+    scratch = [np.zeros((k + 1, k + 1)), np.zeros((k + 1, k + 1)), np.zeros(k + 1), np.zeros(k + 1), np.zeros(k + 1)]
+    step = fast.twin(kernel.newton_step)
+    for _ in range(300):
+        x = [rng.gauss(0.0, rng.choice((0.1, 1.0, 5.0))) for _ in range(k)]
+        y, offset = float(rng.random() < 0.4), rng.gauss(0.0, 0.5)
+        p = sigkit.sigmoid(kernel.newton_decision(theta, x, offset))
+        assert p == reference.predict(x, offset)
+        kernel.newton_step(theta, curvature, x, y, p, reference.prior, reference.prior_precision, reference.keep,
+                           [[0.0] * (k + 1) for _ in range(k + 1)], [[0.0] * (k + 1) for _ in range(k + 1)],
+                           [0.0] * (k + 1), [0.0] * (k + 1), [0.0] * (k + 1))
+        step(theta_c, curvature_c, np.array(x), y, p, prior, precision, reference.keep, *scratch)
+        reference.update(x, y, offset)
+        assert theta == reference.theta == theta_c.tolist()
+        assert curvature == reference.curvature == curvature_c.tolist()
+
+    for dims in (("volatility",), ("spread",), ("volatility", "spread")):
+        tracker = sigkit.RegimeTracker("v", "X", dimensions=dims, fast_halflife_ns=10**9, slow_halflife_ns=30 * 10**9)
+        tf, ti = np.zeros(7), np.zeros(5, dtype=np.int64)
+        rates = np.array(tracker._rates)
+        codes = np.array([kernel.DIMENSION_CODES[d] for d in dims], dtype=np.int64)
+        t = 10**15
+        for i in range(3000):
+            t += rng.choice((0, 0, 10**6, 10**8, 10**9))
+            if rng.random() < 0.05:  # a one-sided book: no mid
+                book = sigkit.BookUpdate(t, "v", "X", math.nan, 1.0, 100.0, 1.0)
+            else:
+                mid = 100.0 + rng.gauss(0.0, 3.0 if (i // 500) % 2 else 0.3)
+                half = abs(rng.gauss(0.0, 0.5 if (i // 700) % 2 else 0.05)) + 0.01
+                book = sigkit.BookUpdate(t, "v", "X", mid - half, 1.0, mid + half, 1.0)
+            tracker.on_book_update(book)
+            kernel._tracker_book(tf, ti, rates, t, book.bid_px, book.ask_px)
+            if rng.random() < 0.3:
+                assert kernel._tracker_state(tf, ti, rates, tracker.ratio, codes, t) == tracker.state(t)
+            assert tf.tolist() == [*tracker._var, *tracker._spread, *tracker._weight, tracker._last_mid or 0.0]
+
+    values = [rng.gauss(0.0, 10.0) for _ in range(20000)]
+    hedge_c = fast.twin(kernel.hedge_step)  # brier losses go through power()
+    for v in values:
+        assert kernel.power(v, 2.0) == v ** 2
+    losses, weights = np.zeros(2), np.array([0.5, 0.5])
+    for v in values[:2000]:
+        p = min(abs(v) / 30.0, 1.0)
+        expected = list(weights)
+        kernel.hedge_step(expected, [p, 1.0 - p], 1.0, 2.0, 0.01, False, [0.0, 0.0])
+        hedge_c(weights, np.array([p, 1.0 - p]), 1.0, 2.0, 0.01, False, losses)
+        assert weights.tolist() == expected
+
+
+ARMS = [("stacking_vol", "stacking", {"regimes": ("volatility",), "regime_fast_ns": 10**9, "regime_slow_ns": 30 * 10**9}),
+        ("stacking_both", "stacking", {"regimes": ("volatility", "spread"), "mix_members": False, "halflife": 40.0,
+                                       "regime_fast_ns": 10**9, "regime_slow_ns": 30 * 10**9}),
+        ("stacking_logodds", "stacking", {"pool": "logodds", "l2": 1.0}),
+        ("mean", "mean", {}), ("weighted", "weighted", {"weights": (3.0, 1.0, 0.5)}),
+        ("logit", "logit", {"extremize": 1.5}), ("hedge", "hedge", {}),
+        ("hedge_log", "hedge", {"loss": "log", "regimes": ("volatility", "spread"), "regime_fast_ns": 10**9,
+                                "regime_slow_ns": 30 * 10**9})]
+
+
+def _combiner_run(chunks, path: str):
+    """Every combiner of ARMS over the baselines (flow, a 30 s base rate, the base rate) on ``path``: the
+    predictions, and the combiners."""
+    from sigkit.engine import Labelling, Replay
+    from sigkit.testing import MemorySource
+
+    target = sigkit.Market("sim", "BTC-PERP")
+    members = ("flow", "br30", "base_rate")
+
+    def build(kind, name, registry_kind, params):
+        spec = REGISTRY.lookup(kind, registry_kind)
+        ctx = sigkit.RunContext(target, 10**9, seed=1, instance_id=name, members=members)
+        return spec.factory(spec.params(**params) if spec.params else None, ctx)
+
+    source = MemorySource(chunks)
+    models = [("base_rate", build("model", "base_rate", "base_rate", {})),
+              ("br30", build("model", "br30", "base_rate", {"halflife_ns": 30 * 10**9})),
+              ("flow", build("model", "flow", "flow", {}))]
+    combiners = {name: build("combiner", name, kind, params) for name, kind, params in ARMS}
+    replay = Replay(sources=[("memory", source)], models=models, target=target, labelling=Labelling(10**9),
+                    ensembles=[(name, obj, members) for name, obj in combiners.items()], path=path)
+    result = replay.run()
+    return {name: result.predictions[name] for name in combiners}, combiners
+
+
+def test_every_combiner_gives_the_same_on_the_batch_path():
+    """The batch path (whole pieces, and 97-row pieces) predicts what the per-event path does, to the bit,
+    and leaves the combiners in the same learned state."""
+    from sigkit.testing import rechunk, simulate_stream
+
+    chunks = simulate_stream("mixed", "4m", seed=2)
+    reference, ref_combiners = _combiner_run(chunks, "per-event")
+    assert len(reference["mean"]["p"]) > 500
+    for stream in (chunks, rechunk(chunks, 97)):
+        predictions, combiners = _combiner_run(stream, "batch")
+        for name, _, _ in ARMS:
+            for key in ("p", "confidence", "cost_bps"):
+                a, b = reference[name][key], predictions[name][key]
+                assert a.tobytes() == b.tobytes(), f"{name} {key} differs on the batch path"
+            if hasattr(combiners[name], "describe"):
+                assert combiners[name].describe() == ref_combiners[name].describe(), name
+    stacking = ref_combiners["stacking_both"]
+    assert len({m.n_updates for m in stacking.models}) > 1  # the regimes were exercised
+    assert stacking.tracker.state_dict() == combiners["stacking_both"].tracker.state_dict()

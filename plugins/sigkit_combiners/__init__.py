@@ -7,22 +7,37 @@ combiners learn only from what was known before each outcome.  Definitions: METH
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import attrs
+import numpy as np
 
 import sigkit
 
+from . import kernel
+from .kernel import hedge_step, linear_pool, mixture_pool, mixture_update, mixture_weights, pooled_cost, scaled_sum
+
 
 def _mean_confidence(predictions: Sequence[sigkit.Prediction], weights: Sequence[float]) -> float:
-    return sum(w * p.confidence for w, p in zip(weights, predictions))
+    return linear_pool(weights, [p.confidence for p in predictions])
 
 
 def _pooled_cost(predictions: Sequence[sigkit.Prediction], weights: Sequence[float]) -> float:
-    costs = [(w, p.expected_cost_bps) for w, p in zip(weights, predictions) if p.expected_cost_bps == p.expected_cost_bps]
-    total = sum(w for w, _ in costs)
-    return sum(w * c for w, c in costs) / total if total > 0 else math.nan
+    return pooled_cost(weights, [p.expected_cost_bps for p in predictions])
+
+
+def _member_arrays(members: sigkit.BatchPredictions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The member predictions as (n_queries, n_members) arrays, one row per query."""
+    return tuple(np.ascontiguousarray(np.asarray(a, dtype=np.float64).T)
+                 for a in (members.p, members.confidence, members.cost_bps))
+
+
+def _pool_batch(weights: Sequence[float], members: sigkit.BatchPredictions, logodds: bool = False,
+                scale: float = 1.0) -> sigkit.BatchPredictions:
+    mp, mc, mk = _member_arrays(members)
+    out = np.empty((3, mp.shape[0]))
+    kernel.pool_kernel(logodds, np.array(weights, dtype=np.float64), scale, mp, mc, mk, out)
+    return sigkit.BatchPredictions(out[0], out[1], out[2])
 
 
 class Mean(sigkit.LearnedState):
@@ -33,8 +48,11 @@ class Mean(sigkit.LearnedState):
         self.weights = [1.0 / k] * k
 
     def combine(self, query, predictions):
-        p = sum(w * x.p_adverse for w, x in zip(self.weights, predictions))
+        p = linear_pool(self.weights, [x.p_adverse for x in predictions])
         return sigkit.Prediction(p, _mean_confidence(predictions, self.weights), _pooled_cost(predictions, self.weights))
+
+    def on_batch(self, batch, members):
+        return _pool_batch(self.weights, members)
 
 
 @attrs.frozen
@@ -68,9 +86,12 @@ class Logit(sigkit.LearnedState):
         self.weights = [1.0 / len(context.members)] * len(context.members)
 
     def combine(self, query, predictions):
-        z = self.scale * sum(sigkit.logit(x.p_adverse) for x in predictions)
+        z = scaled_sum(self.scale, [sigkit.logit(x.p_adverse) for x in predictions])
         return sigkit.Prediction(sigkit.sigmoid(z), _mean_confidence(predictions, self.weights),
                                  _pooled_cost(predictions, self.weights))
+
+    def on_batch(self, batch, members):
+        return _pool_batch(self.weights, members, logodds=True, scale=self.scale)
 
 
 @attrs.frozen
@@ -126,6 +147,28 @@ class _RegimeAware(sigkit.LearnedState):
     def _state_of(self, outcome) -> int:
         return self.pending_state.pop(outcome.fill, 0)
 
+    # The batch path: the tracker packed into arrays for the kernels and back (kernel._tracker_to).
+    def _tracker_arrays(self, batch):
+        t = self.tracker
+        if t is None:
+            return (False, -1, np.zeros(2), 1.0, np.zeros(0, dtype=np.int64), np.zeros(7),
+                    np.zeros(5, dtype=np.int64))
+        tf = np.array([*t._var, *t._spread, *t._weight, 0.0 if t._last_mid is None else t._last_mid])
+        ti = np.array([t._last_ts is not None, t._last_ts or 0, t._first_ts is not None, t._first_ts or 0,
+                       t._last_mid is not None], dtype=np.int64)
+        dims = np.array([kernel.DIMENSION_CODES[d] for d in t.dimensions], dtype=np.int64)
+        return (True, batch.markets.code(t.venue, t.symbol), np.array(t._rates, dtype=np.float64), float(t.ratio),
+                dims, tf, ti)
+
+    def _tracker_back(self, tf, ti) -> None:
+        t = self.tracker
+        if t is None:
+            return
+        t._var, t._spread, t._weight = [float(tf[0]), float(tf[1])], [float(tf[2]), float(tf[3])], [float(tf[4]), float(tf[5])]
+        t._last_ts = int(ti[1]) if ti[0] else None
+        t._first_ts = int(ti[3]) if ti[2] else None
+        t._last_mid = float(tf[6]) if ti[4] else None
+
 
 class Stacking(_RegimeAware):
     """Online logistic regression on the members' log-odds, learning only from delivered outcomes, then
@@ -166,6 +209,8 @@ class Stacking(_RegimeAware):
         self.base_rate = sigkit.RunningBaseRate()
         self.pending_inputs = sigkit.PendingFills()  # fill -> (inputs, offset, stacker's p)
         self.equal = [1.0 / k] * k
+        # The batch path's memory of each fill: regime state, offset, stacker's p, inputs, member p.
+        self.slots = sigkit.FillSlots(3 + 2 * k)
 
     def _inputs(self, predictions) -> tuple[list[float], float]:
         x = [sigkit.logit(p.p_adverse) for p in predictions]
@@ -182,8 +227,7 @@ class Stacking(_RegimeAware):
         self.pending_inputs.put(query, (x, offset, stacked))
         p = stacked
         if self.params.mix_members:
-            mixture = self._mixture(state)
-            p = mixture[0] * stacked + sum(v * m.p_adverse for v, m in zip(mixture[1:], predictions))
+            p = mixture_pool(self._mixture(state), stacked, [m.p_adverse for m in predictions])
         own = sigkit.evidence_confidence(model.n_updates, self.params.evidence)
         return sigkit.Prediction(p, own * _mean_confidence(predictions, self.equal),
                                  _pooled_cost(predictions, self.equal))
@@ -198,17 +242,46 @@ class Stacking(_RegimeAware):
         x, offset, stacked = pending
         y = 1.0 if outcome.was_adverse else 0.0
         if self.params.mix_members:
-            candidates = [stacked, *(m.p_adverse for m in predictions)]
-            logs = [w + math.log(max(p if y else 1.0 - p, 1e-12)) for w, p in zip(self.log_mixtures[state], candidates)]
-            top = max(logs)
-            self.log_mixtures[state] = [w - top for w in logs]
+            logs = list(self.log_mixtures[state])
+            mixture_update(logs, stacked, [m.p_adverse for m in predictions], y)
+            self.log_mixtures[state] = logs
         self.models[state].update(x, y, offset)
         self.base_rate.update(outcome.was_adverse, outcome.fill.ts_ns)
 
     def _mixture(self, state: int) -> list[float]:
-        raw = [math.exp(w) for w in self.log_mixtures[state]]  # the largest is exp(0) = 1
-        total = sum(raw)
-        return [r / total for r in raw]
+        out = [0.0] * len(self.log_mixtures[state])  # the largest raw weight is exp(0) = 1
+        mixture_weights(self.log_mixtures[state], out)
+        return out
+
+    def on_batch(self, batch, members):
+        mp, mc, mk = _member_arrays(members)
+        out = np.empty((3, mp.shape[0]))
+        self.slots.ensure(batch)
+        models, rate = self.models, self.base_rate
+        theta = np.array([m.theta for m in models], dtype=np.float64)
+        curvature = np.array([m.curvature for m in models], dtype=np.float64)
+        n_updates = np.array([m.n_updates for m in models], dtype=np.int64)
+        log_mix = np.array(self.log_mixtures, dtype=np.float64)
+        br = np.array([rate._adverse, rate._total])
+        bri = np.array([rate.n, rate._last_ts is not None, rate._last_ts or 0], dtype=np.int64)
+        tracked, target, rates, ratio, dims, tf, ti = self._tracker_arrays(batch)
+        first = models[0]
+        kernel.stacking_kernel(
+            batch.op, batch.ref, batch.kind, batch.market, batch.column("bid_px"), batch.column("ask_px"), batch.ts,
+            batch.q_ts, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse, mp, mc, mk, target, tracked, rates,
+            ratio, dims, self.excess, bool(self.params.mix_members), float(self.params.evidence), float(first.keep),
+            np.array(first.prior, dtype=np.float64), np.array(first.prior_precision, dtype=np.float64), theta,
+            curvature, n_updates, log_mix, br, bri, tf, ti, self.slots.values, self.slots.owner, out)
+        for s, m in enumerate(models):
+            m.theta = theta[s].tolist()
+            m.curvature = curvature[s].tolist()
+            m.n_updates = int(n_updates[s])
+        self.log_mixtures = log_mix.tolist()
+        rate._adverse, rate._total, rate.n = float(br[0]), float(br[1]), int(bri[0])
+        if bri[1]:
+            rate._last_ts = int(bri[2])
+        self._tracker_back(tf, ti)
+        return sigkit.BatchPredictions(out[0], out[1], out[2])
 
     def describe(self):
         return {"regimes": list(self.params.regimes), "pool": self.params.pool,
@@ -239,6 +312,7 @@ class Hedge(_RegimeAware):
         k = len(context.members)
         self.params = params
         self.by_state = [[1.0 / k] * k for _ in range(self._init_regimes(params, context))]
+        self.slots = sigkit.FillSlots(1 + k)  # the batch path's memory of each fill: regime state, member p
 
     @property
     def weights(self) -> list[float]:
@@ -253,15 +327,25 @@ class Hedge(_RegimeAware):
     def record_outcome(self, outcome, predictions):
         state = self._state_of(outcome)
         y = 1.0 if outcome.was_adverse else 0.0
-        if self.params.loss == "brier":
-            losses = [(x.p_adverse - y) ** 2 for x in predictions]
-        else:
-            losses = [-math.log(min(max(x.p_adverse if y else 1.0 - x.p_adverse, 1e-12), 1.0)) for x in predictions]
-        base = min(losses)  # subtracting the best loss keeps exp() in range
-        raw = [w * math.exp(-self.params.eta * (loss - base)) for w, loss in zip(self.by_state[state], losses)]
-        total = sum(raw)
-        k, share = len(raw), self.params.share
-        self.by_state[state] = [(1.0 - share) * w / total + share / k for w in raw]
+        weights = list(self.by_state[state])
+        hedge_step(weights, [x.p_adverse for x in predictions], y, self.params.eta, self.params.share,
+                   self.params.loss == "log", [0.0] * len(weights))
+        self.by_state[state] = weights
+
+    def on_batch(self, batch, members):
+        mp, mc, mk = _member_arrays(members)
+        out = np.empty((3, mp.shape[0]))
+        self.slots.ensure(batch)
+        by_state = np.array(self.by_state, dtype=np.float64)
+        tracked, target, rates, ratio, dims, tf, ti = self._tracker_arrays(batch)
+        kernel.hedge_kernel(batch.op, batch.ref, batch.kind, batch.market, batch.column("bid_px"),
+                            batch.column("ask_px"), batch.ts, batch.q_ts, batch.q_fill, batch.o_fill, batch.o_adverse,
+                            mp, mc, mk, target, tracked, rates, ratio, dims, float(self.params.eta),
+                            float(self.params.share), self.params.loss == "log", by_state, tf, ti, self.slots.values,
+                            self.slots.owner, out)
+        self.by_state = by_state.tolist()
+        self._tracker_back(tf, ti)
+        return sigkit.BatchPredictions(out[0], out[1], out[2])
 
     def describe(self):
         return {"regimes": list(self.params.regimes), "weights_by_state": [list(w) for w in self.by_state]}

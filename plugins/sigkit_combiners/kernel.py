@@ -1,0 +1,446 @@
+"""The combiners' formulas, and the compiled batch kernels that use them.
+
+**Formulas** (plain Python, module level, explicit index loops): the pools, the stacker's Bayesian member
+average, the hedge step, and the arithmetic of :class:`sigkit.NewtonLogistic` (:func:`newton_decision`,
+:func:`newton_step`, :func:`solve_spd`) and :class:`sigkit.RegimeTracker` (:func:`regime_decay`,
+:func:`regime_observe`, :func:`regime_state`).  The per-event combiners call them as they are; the kernels
+call their compiled twins (:func:`sigkit.fast.twin`), so both paths share one source.  The NewtonLogistic
+and RegimeTracker ones reproduce ``sigkit/learn.py`` bit for bit (same operations in the same order; a
+Python ``sum()`` is a left-to-right sum from ``0``), until learn.py calls them itself.
+
+``x ** y`` on floats is C ``pow`` in Python, which is not always ``x * x`` for ``y = 2``; numba (and LLVM)
+rewrite a power of 2 as a product.  :func:`power` is ``x ** y`` in Python and the same C ``pow`` in kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+
+import numpy as np
+from llvmlite import binding as _llvm
+from numba.core import types as _types
+from numba.extending import overload as _overload
+from numba.extending import register_jitable as _jitable
+
+from sigkit import fast
+from sigkit.batch import BOOK, EVENT, OUTCOME, QUERY
+
+# -- x ** y as Python computes it -------------------------------------------------------------------------
+
+def _c_pow_address() -> int:
+    """The address of the C ``pow`` this Python's ``float ** float`` calls."""
+    for lib in (None, ctypes.util.find_library("m"), "ucrtbase", "msvcrt"):
+        try:
+            return ctypes.cast(ctypes.CDLL(lib).pow, ctypes.c_void_p).value
+        except (OSError, TypeError, AttributeError):
+            continue
+    raise ImportError("sigkit_combiners: cannot find the C library's pow()")
+
+
+# C pow under a name of our own: LLVM rewrites calls named "pow" with a constant exponent 2 into x * x.
+_llvm.add_symbol("sigkit_combiners_pow", _c_pow_address())
+_c_pow = _types.ExternalFunction("sigkit_combiners_pow", _types.float64(_types.float64, _types.float64))
+
+
+def power(x: float, y: float) -> float:
+    """``x ** y`` (C ``pow``), in Python and in kernels alike."""
+    return x ** y
+
+
+@_overload(power, jit_options={"cache": True})
+def _power_jit(x, y):
+    def impl(x, y):
+        return _c_pow(x, y)
+    return impl
+
+
+# -- pools ---------------------------------------------------------------------------------------------
+
+def linear_pool(weights, values) -> float:
+    """``sum_k w_k v_k`` in member order (the linear pool; with confidences, the pooled confidence)."""
+    acc = 0.0
+    for i in range(len(weights)):
+        acc += weights[i] * values[i]
+    return acc
+
+
+def pooled_cost(weights, costs) -> float:
+    """The weighted mean of the members' expected costs that are not NaN (NaN if none is)."""
+    total = 0.0
+    acc = 0.0
+    for i in range(len(weights)):
+        c = costs[i]
+        if c == c:
+            total += weights[i]
+            acc += weights[i] * c
+    return acc / total if total > 0 else math.nan
+
+
+def scaled_sum(scale: float, values) -> float:
+    """``scale * sum_k v_k`` (the log-odds pool on the members' log-odds)."""
+    acc = 0.0
+    for i in range(len(values)):
+        acc += values[i]
+    return scale * acc
+
+
+# -- the stacker's member average ----------------------------------------------------------------------
+
+def mixture_weights(log_weights, out) -> None:
+    """``out`` = the normalised ``exp(log_weights)`` (the posterior weights of stacker and members)."""
+    total = 0.0
+    for i in range(len(log_weights)):
+        out[i] = math.exp(log_weights[i])
+        total += out[i]
+    for i in range(len(log_weights)):
+        out[i] = out[i] / total
+
+
+def mixture_pool(mixture, stacked: float, members) -> float:
+    """``mixture[0] * stacked + sum_k mixture[k + 1] * members[k]``."""
+    acc = 0.0
+    for i in range(len(members)):
+        acc += mixture[i + 1] * members[i]
+    return mixture[0] * stacked + acc
+
+
+def mixture_update(log_weights, stacked: float, members, y: float) -> None:
+    """Bayes' rule on the log weights of [stacker, members...] after outcome ``y``, in place, the largest
+    then 0."""
+    n = len(log_weights)
+    for i in range(n):
+        p = stacked if i == 0 else members[i - 1]
+        q = p if y else 1.0 - p
+        if 1e-12 > q:
+            q = 1e-12
+        log_weights[i] = log_weights[i] + math.log(q)
+    top = log_weights[0]
+    for i in range(1, n):
+        if log_weights[i] > top:
+            top = log_weights[i]
+    for i in range(n):
+        log_weights[i] = log_weights[i] - top
+
+
+# -- NewtonLogistic (sigkit/learn.py) ------------------------------------------------------------------
+
+def newton_decision(theta, x, offset: float) -> float:
+    """``offset + b + w.x`` with ``theta = (b, w)``: :meth:`sigkit.NewtonLogistic.decision`."""
+    acc = 0.0
+    for i in range(len(x)):
+        acc += theta[i + 1] * x[i]
+    return offset + theta[0] + acc
+
+
+@_jitable
+def solve_spd(matrix, rhs, low, tmp, out) -> None:
+    """``out = matrix⁻¹ rhs`` by Cholesky (``sigkit.learn._solve_spd``); ``low`` (n×n) and ``tmp`` (n) are
+    scratch.  Matrices are indexed ``m[i][j]`` (lists of lists, or 2-d arrays)."""
+    n = len(rhs)
+    for i in range(n):
+        for j in range(i + 1):
+            acc = 0.0
+            for m in range(j):
+                acc += low[i][m] * low[j][m]
+            acc = matrix[i][j] - acc
+            if i == j:
+                if 1e-300 > acc:
+                    acc = 1e-300
+                low[i][j] = math.sqrt(acc)
+            else:
+                low[i][j] = acc / low[j][j]
+    for i in range(n):
+        acc = 0.0
+        for m in range(i):
+            acc += low[i][m] * tmp[m]
+        tmp[i] = (rhs[i] - acc) / low[i][i]
+    for i in range(n - 1, -1, -1):
+        acc = 0.0
+        for m in range(i + 1, n):
+            acc += low[m][i] * out[m]
+        out[i] = (tmp[i] - acc) / low[i][i]
+
+
+def newton_step(theta, curvature, x, y: float, p: float, prior, precision, keep: float, hessian, low, grad, tmp,
+                step) -> None:
+    """One online Newton step of :class:`sigkit.NewtonLogistic`, in place on ``theta`` and ``curvature``
+    (n×n, ``n = len(theta)``), given ``p`` = its prediction for ``x``; ``hessian``, ``low`` (n×n),
+    ``grad``, ``tmp`` and ``step`` (n) are scratch."""
+    n = len(theta)
+    curv = p * (1.0 - p)
+    for i in range(n):
+        zi = 1.0 if i == 0 else x[i - 1]
+        for j in range(n):
+            zj = 1.0 if j == 0 else x[j - 1]
+            curvature[i][j] = keep * curvature[i][j] + curv * zi * zj
+    for i in range(n):
+        zi = 1.0 if i == 0 else x[i - 1]
+        grad[i] = (1.0 - keep) * precision[i] * (theta[i] - prior[i]) + (p - y) * zi
+        for j in range(n):
+            hessian[i][j] = curvature[i][j] + (precision[i] if i == j else 0.0)
+    solve_spd(hessian, grad, low, tmp, step)
+    for i in range(n):
+        theta[i] = theta[i] - step[i]
+
+
+# -- RegimeTracker (sigkit/learn.py) -------------------------------------------------------------------
+
+def regime_decay(var, spread, weight, rates, dt: int) -> None:
+    """Decay the fast (0) and slow (1) sums by ``dt`` ns."""
+    for k in range(2):
+        keep = math.exp(-rates[k] * dt)
+        var[k] *= keep
+        spread[k] *= keep
+        weight[k] *= keep
+
+
+def regime_observe(var, spread, weight, bid_px: float, ask_px: float, mid: float, last_mid) -> None:
+    """Add one book update (``mid`` > 0; ``last_mid`` the previous one, falsy if none) to the sums."""
+    spread_bps = (ask_px - bid_px) / mid * 1e4
+    squared = power(math.log(mid / last_mid) * 1e4, 2.0) if last_mid else 0.0
+    for k in range(2):
+        var[k] += squared
+        spread[k] += spread_bps
+        weight[k] += 1.0
+
+
+@_jitable
+def regime_span(rate: float, elapsed: int) -> float:
+    """The decay-weighted length of time (ns) an estimate of decay ``rate`` covers after ``elapsed`` ns."""
+    return -math.expm1(-rate * elapsed) / rate
+
+
+def regime_state(var, spread, weight, rates, ratio: float, dims, elapsed: int) -> int:
+    """The regime state from the (decayed) sums; ``dims`` = codes of the dimensions (0 volatility, 1 spread),
+    the first in the lowest bit; ``elapsed`` = max(ns since the first book, 1), or 1 before any."""
+    state = 0
+    for bit in range(len(dims)):
+        if dims[bit] == 0:
+            high = var[0] / regime_span(rates[0], elapsed) > var[1] / regime_span(rates[1], elapsed) * ratio
+        else:
+            high = (weight[0] > 0 and weight[1] > 0
+                    and spread[0] / weight[0] > spread[1] / weight[1] * ratio)
+        state |= int(high) << bit
+    return state
+
+
+# -- hedge ---------------------------------------------------------------------------------------------
+
+def hedge_step(weights, members, y: float, eta: float, share: float, log_loss: bool, losses) -> None:
+    """Exponential weights with fixed share after outcome ``y``, in place; ``losses`` is scratch."""
+    k = len(weights)
+    for i in range(k):
+        if log_loss:
+            q = members[i] if y else 1.0 - members[i]
+            if 1e-12 > q:
+                q = 1e-12
+            if 1.0 < q:
+                q = 1.0
+            losses[i] = -math.log(q)
+        else:
+            losses[i] = power(members[i] - y, 2.0)
+    base = losses[0]  # subtracting the best loss keeps exp() in range
+    for i in range(1, k):
+        if losses[i] < base:
+            base = losses[i]
+    total = 0.0
+    for i in range(k):
+        weights[i] = weights[i] * math.exp(-eta * (losses[i] - base))
+        total += weights[i]
+    for i in range(k):
+        weights[i] = (1.0 - share) * weights[i] / total + share / k
+
+
+# -- compiled twins ------------------------------------------------------------------------------------
+
+_linear_pool = fast.twin(linear_pool)
+_pooled_cost = fast.twin(pooled_cost)
+_scaled_sum = fast.twin(scaled_sum)
+_mixture_weights = fast.twin(mixture_weights)
+_mixture_pool = fast.twin(mixture_pool)
+_mixture_update = fast.twin(mixture_update)
+_newton_decision = fast.twin(newton_decision)
+_newton_step = fast.twin(newton_step)
+_regime_decay = fast.twin(regime_decay)
+_regime_observe = fast.twin(regime_observe)
+_regime_state = fast.twin(regime_state)
+_hedge_step = fast.twin(hedge_step)
+
+#: Regime dimension codes in kernels.
+DIMENSION_CODES = {"volatility": 0, "spread": 1}
+
+
+# -- kernels -------------------------------------------------------------------------------------------
+
+@fast.kernel
+def pool_kernel(logodds, weights, scale, mp, mc, mk, out):
+    """Mean / weighted (linear pool) or logit (log-odds pool) over the queries; ``mp``, ``mc``, ``mk`` are
+    (n_queries, n_members)."""
+    k = weights.size
+    z = np.empty(k)
+    for q in range(mp.shape[0]):
+        if logodds:
+            for i in range(k):
+                z[i] = fast.logit(mp[q, i])
+            out[0, q] = fast.sigmoid(_scaled_sum(scale, z))
+        else:
+            out[0, q] = _linear_pool(weights, mp[q])
+        out[1, q] = _linear_pool(weights, mc[q])
+        out[2, q] = _pooled_cost(weights, mk[q])
+
+
+@fast.kernel
+def _tracker_to(tf, ti, rates, t):
+    """RegimeTracker._decay: ``tf`` = var (2), spread (2), weight (2), last mid; ``ti`` = has last time, last
+    time, has first time, first time, has last mid."""
+    if ti[0] and t > ti[1]:
+        _regime_decay(tf[0:2], tf[2:4], tf[4:6], rates, t - ti[1])
+    if not ti[0] or t > ti[1]:
+        ti[0] = 1
+        ti[1] = t
+
+
+@fast.kernel
+def _tracker_book(tf, ti, rates, t, bid_px, ask_px):
+    """RegimeTracker.on_book_update (of the tracked market)."""
+    if not ti[2]:
+        ti[2] = 1
+        ti[3] = t
+    mid = 0.5 * (bid_px + ask_px)
+    if not mid > 0:
+        return
+    _tracker_to(tf, ti, rates, t)
+    _regime_observe(tf[0:2], tf[2:4], tf[4:6], bid_px, ask_px, mid, tf[6] if ti[4] else 0.0)
+    tf[6] = mid
+    ti[4] = 1
+
+
+@fast.kernel
+def _tracker_state(tf, ti, rates, ratio, dims, t):
+    """RegimeTracker.state(t)."""
+    _tracker_to(tf, ti, rates, t)
+    elapsed = 1
+    if ti[2]:
+        elapsed = t - ti[3]
+        if 1 > elapsed:
+            elapsed = 1
+    return _regime_state(tf[0:2], tf[2:4], tf[4:6], rates, ratio, dims, elapsed)
+
+
+@fast.kernel
+def stacking_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_fill, o_ts, o_adverse, mp, mc, mk,
+                    target, tracked, rates, ratio, dims, excess, mix, evidence, keep, prior, precision, theta,
+                    curvature, n_updates, log_mix, br, bri, tf, ti, slot_v, slot_owner, out):
+    """Stacking over a batch.  Per regime state: ``theta`` (S, n), ``curvature`` (S, n, n), ``n_updates``
+    (S), ``log_mix`` (S, k + 1).  ``br`` = base rate (adverse, total), ``bri`` = its outcomes, has last
+    time, last time.  ``tf``/``ti``: the regime tracker (see :func:`_tracker_to`).  A slot holds
+    state, offset, stacker's p, the inputs (k) and the member probabilities (k)."""
+    k = mp.shape[1]
+    n = k + 1
+    x = np.empty(k)
+    pm = np.empty(k)
+    mixture = np.empty(k + 1)
+    hessian = np.empty((n, n))
+    low = np.zeros((n, n))
+    grad = np.empty(n)
+    tmp = np.empty(n)
+    step = np.empty(n)
+    equal = np.full(k, 1.0 / k)
+    cap = slot_owner.size
+    for i in range(op.size):
+        s = op[i]
+        if s == EVENT:
+            r = ref[i]
+            if tracked and kind[r] == BOOK and market[r] == target:
+                _tracker_book(tf, ti, rates, ts[r], bid_px[r], ask_px[r])
+        elif s == QUERY:
+            q = ref[i]
+            state = _tracker_state(tf, ti, rates, ratio, dims, q_ts[q]) if tracked else 0
+            offset = 0.0
+            if excess:
+                offset = fast.logit(fast.base_rate_value(br[0], br[1], 1.0, 2.0))
+            for j in range(k):
+                x[j] = fast.logit(mp[q, j])
+                if excess:
+                    x[j] = x[j] - offset
+            stacked = fast.sigmoid(_newton_decision(theta[state], x, offset))
+            slot = q_fill[q] % cap
+            slot_owner[slot] = q_fill[q]
+            slot_v[slot, 0] = state
+            slot_v[slot, 1] = offset
+            slot_v[slot, 2] = stacked
+            for j in range(k):
+                slot_v[slot, 3 + j] = x[j]
+                slot_v[slot, 3 + k + j] = mp[q, j]
+            p = stacked
+            if mix:
+                _mixture_weights(log_mix[state], mixture)
+                p = _mixture_pool(mixture, stacked, mp[q])
+            own = fast.evidence_confidence(n_updates[state], evidence)
+            out[0, q] = p
+            out[1, q] = own * _linear_pool(equal, mc[q])
+            out[2, q] = _pooled_cost(equal, mk[q])
+        elif s == OUTCOME:
+            o = ref[i]
+            adverse = o_adverse[o] == 1.0
+            y = 1.0 if adverse else 0.0
+            slot = o_fill[o] % cap
+            if slot_owner[slot] == o_fill[o]:
+                slot_owner[slot] = -1
+                state = int(slot_v[slot, 0])
+                offset = slot_v[slot, 1]
+                stacked = slot_v[slot, 2]
+                for j in range(k):
+                    x[j] = slot_v[slot, 3 + j]
+                    pm[j] = slot_v[slot, 3 + k + j]
+                if mix:
+                    _mixture_update(log_mix[state], stacked, pm, y)
+                p = fast.sigmoid(_newton_decision(theta[state], x, offset))
+                _newton_step(theta[state], curvature[state], x, y, p, prior, precision, keep, hessian, low, grad,
+                             tmp, step)
+                n_updates[state] += 1
+            bri[1] = 1
+            bri[2] = o_ts[o]
+            br[0] += 1.0 if adverse else 0.0
+            br[1] += 1.0
+            bri[0] += 1
+
+
+@fast.kernel
+def hedge_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_fill, o_adverse, mp, mc, mk, target,
+                 tracked, rates, ratio, dims, eta, share, log_loss, by_state, tf, ti, slot_v, slot_owner, out):
+    """Hedge over a batch: ``by_state`` (S, k) weights; a slot holds the state and the member probabilities."""
+    k = mp.shape[1]
+    losses = np.empty(k)
+    pm = np.empty(k)
+    cap = slot_owner.size
+    for i in range(op.size):
+        s = op[i]
+        if s == EVENT:
+            r = ref[i]
+            if tracked and kind[r] == BOOK and market[r] == target:
+                _tracker_book(tf, ti, rates, ts[r], bid_px[r], ask_px[r])
+        elif s == QUERY:
+            q = ref[i]
+            state = _tracker_state(tf, ti, rates, ratio, dims, q_ts[q]) if tracked else 0
+            slot = q_fill[q] % cap
+            slot_owner[slot] = q_fill[q]
+            slot_v[slot, 0] = state
+            for j in range(k):
+                slot_v[slot, 1 + j] = mp[q, j]
+            weights = by_state[state]
+            out[0, q] = _linear_pool(weights, mp[q])
+            out[1, q] = _linear_pool(weights, mc[q])
+            out[2, q] = _pooled_cost(weights, mk[q])
+        elif s == OUTCOME:
+            o = ref[i]
+            slot = o_fill[o] % cap
+            if slot_owner[slot] == o_fill[o]:
+                slot_owner[slot] = -1
+                state = int(slot_v[slot, 0])
+                for j in range(k):
+                    pm[j] = slot_v[slot, 1 + j]
+                y = 1.0 if o_adverse[o] == 1.0 else 0.0
+                _hedge_step(by_state[state], pm, y, eta, share, log_loss, losses)
