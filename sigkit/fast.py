@@ -18,12 +18,17 @@ of its own package, or sigkit's own formula modules, changes (:func:`_formula_st
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import hashlib
 import os
 from pathlib import Path
 
 import numba
+from llvmlite import binding as _llvm
+from numba.core import types as _types
+from numba.extending import overload as _overload, register_jitable as _register_jitable
 
 from sigkit import learn
 
@@ -81,7 +86,8 @@ def _install_locators() -> None:
 _install_locators()
 
 __all__ = ["kernel", "twin", "sigmoid", "logit", "logistic_decision", "logistic_step", "base_rate_value",
-           "expected_cost", "evidence_confidence"]
+           "expected_cost", "evidence_confidence", "solve_spd", "newton_decision", "newton_step", "regime_decay",
+           "regime_observe", "regime_span", "regime_state"]
 
 
 def kernel(fn):
@@ -90,8 +96,33 @@ def kernel(fn):
 
 
 def twin(fn):
-    """The compiled twin of a plain-Python formula: the same source, compiled for kernels to call."""
+    """The compiled twin of a plain-Python formula: the same source, compiled for kernels to call.  The
+    formula becomes callable by its plain name from other formulas' twins too."""
+    _register_jitable(fn)
     return numba.njit(cache=True, nogil=True)(fn)
+
+
+def _c_pow_address() -> int:
+    """The address of the C ``pow`` this Python's ``float ** float`` calls."""
+    for lib in (None, ctypes.util.find_library("m"), "ucrtbase", "msvcrt"):
+        try:
+            return ctypes.cast(ctypes.CDLL(lib).pow, ctypes.c_void_p).value
+        except (OSError, TypeError, AttributeError):
+            continue
+    raise ImportError("sigkit.fast: cannot find the C library's pow()")
+
+
+# learn.power is ``x ** y``: C pow in Python.  Kernels call the same C function, under a name of our own
+# (LLVM rewrites a call named "pow" with a constant exponent 2 into x * x, which is not always the same).
+_llvm.add_symbol("sigkit_pow", _c_pow_address())
+_c_pow = _types.ExternalFunction("sigkit_pow", _types.float64(_types.float64, _types.float64))
+
+
+@_overload(learn.power, jit_options={"cache": True})
+def _power(x, y):
+    def impl(x, y):
+        return _c_pow(x, y)
+    return impl
 
 
 sigmoid = twin(learn.sigmoid)
@@ -101,3 +132,10 @@ logistic_step = twin(learn.logistic_step)
 base_rate_value = twin(learn.base_rate_value)
 expected_cost = twin(learn.expected_cost)
 evidence_confidence = twin(learn.evidence_confidence)
+solve_spd = twin(learn.solve_spd)
+newton_decision = twin(learn.newton_decision)
+newton_step = twin(learn.newton_step)
+regime_decay = twin(learn.regime_decay)
+regime_observe = twin(learn.regime_observe)
+regime_span = twin(learn.regime_span)
+regime_state = twin(learn.regime_state)

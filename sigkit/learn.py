@@ -367,20 +367,16 @@ class RegimeTracker(LearnedState):
 
     def _decay(self, ts_ns: int) -> None:
         if self._last_ts is not None and ts_ns > self._last_ts:
-            dt = ts_ns - self._last_ts
-            for k, rate in enumerate(self._rates):
-                keep = math.exp(-rate * dt)
-                self._var[k] *= keep
-                self._spread[k] *= keep
-                self._weight[k] *= keep
+            regime_decay(self._var, self._spread, self._weight, self._rates, ts_ns - self._last_ts)
         if self._last_ts is None or ts_ns > self._last_ts:
             self._last_ts = ts_ns
 
+    def _elapsed(self, ts_ns: int) -> int:
+        return max(ts_ns - self._first_ts, 1) if self._first_ts is not None else 1
+
     def _span(self, k: int, ts_ns: int) -> float:
         """The decay-weighted length of time (ns) the k-th estimate has covered by ``ts_ns``."""
-        rate = self._rates[k]
-        elapsed = max(ts_ns - self._first_ts, 1) if self._first_ts is not None else 1
-        return -math.expm1(-rate * elapsed) / rate
+        return regime_span(self._rates[k], self._elapsed(ts_ns))
 
     def on_book_update(self, book) -> None:
         if book.venue != self.venue or book.symbol != self.symbol:
@@ -391,45 +387,132 @@ class RegimeTracker(LearnedState):
         if not mid > 0:
             return
         self._decay(book.ts_ns)
-        spread_bps = (book.ask_px - book.bid_px) / mid * 1e4
-        squared = (math.log(mid / self._last_mid) * 1e4) ** 2 if self._last_mid else 0.0
-        for k in range(2):
-            self._var[k] += squared
-            self._spread[k] += spread_bps
-            self._weight[k] += 1.0
+        regime_observe(self._var, self._spread, self._weight, book.bid_px, book.ask_px, mid, self._last_mid)
         self._last_mid = mid
 
     def state(self, ts_ns: int) -> int:
         """The regime at ``ts_ns`` (no later than the next event): 0 when nothing has been seen."""
         self._decay(ts_ns)
-        state = 0
-        for bit, dim in enumerate(self.dimensions):
-            if dim == "volatility":
-                # A decayed sum over the decayed length of time it covers is a rate per unit time (early in
-                # a run the slow window has not filled yet, so dividing by its full length would bias it low).
-                high = self._var[0] / self._span(0, ts_ns) > self._var[1] / self._span(1, ts_ns) * self.ratio
-            else:
-                high = (self._weight[0] > 0 and self._weight[1] > 0
-                        and self._spread[0] / self._weight[0] > self._spread[1] / self._weight[1] * self.ratio)
-            state |= int(high) << bit
-        return state
+        return regime_state(self._var, self._spread, self._weight, self._rates, self.ratio,
+                            [REGIME_CODES[d] for d in self.dimensions], self._elapsed(ts_ns))
+
+
+# The regime tracker's arithmetic, for it and for compiled kernels (sigkit.fast).
+
+REGIME_CODES = {"volatility": 0, "spread": 1}  # a dimension's code in regime_state
+
+
+def power(x: float, y: float) -> float:
+    """``x ** y`` (C ``pow``, which is not always ``x * x`` for ``y = 2``); kernels call the same C function."""
+    return x ** y
+
+
+def regime_decay(var, spread, weight, rates, dt: int) -> None:
+    """Decay the fast (0) and slow (1) sums by ``dt`` ns."""
+    for k in range(2):
+        keep = math.exp(-rates[k] * dt)
+        var[k] *= keep
+        spread[k] *= keep
+        weight[k] *= keep
+
+
+def regime_observe(var, spread, weight, bid_px: float, ask_px: float, mid: float, last_mid) -> None:
+    """Add one book update (``mid`` > 0; ``last_mid`` the previous one, falsy if none) to the sums."""
+    spread_bps = (ask_px - bid_px) / mid * 1e4
+    squared = power(math.log(mid / last_mid) * 1e4, 2.0) if last_mid else 0.0
+    for k in range(2):
+        var[k] += squared
+        spread[k] += spread_bps
+        weight[k] += 1.0
+
+
+def regime_span(rate: float, elapsed: int) -> float:
+    """The decay-weighted length of time (ns) an estimate of decay ``rate`` covers after ``elapsed`` ns."""
+    return -math.expm1(-rate * elapsed) / rate
+
+
+def regime_state(var, spread, weight, rates, ratio: float, dims, elapsed: int) -> int:
+    """The regime state from the decayed sums; ``dims`` = codes (:data:`REGIME_CODES`), the first in the lowest
+    bit; ``elapsed`` = max(ns since the first book, 1), or 1 before any."""
+    state = 0
+    for bit in range(len(dims)):
+        if dims[bit] == 0:
+            # A decayed sum over the decayed length of time it covers is a rate per unit time (early in
+            # a run the slow window has not filled yet, so dividing by its full length would bias it low).
+            high = var[0] / regime_span(rates[0], elapsed) > var[1] / regime_span(rates[1], elapsed) * ratio
+        else:
+            high = (weight[0] > 0 and weight[1] > 0
+                    and spread[0] / weight[0] > spread[1] / weight[1] * ratio)
+        state |= int(high) << bit
+    return state
 
 
 def _solve_spd(matrix: list[list[float]], rhs: list[float]) -> list[float]:
     """``matrix⁻¹ rhs`` for a small symmetric positive-definite matrix (Cholesky; k+1 is at most a dozen)."""
     n = len(rhs)
-    low = [[0.0] * n for _ in range(n)]
+    out = [0.0] * n
+    solve_spd(matrix, rhs, [[0.0] * n for _ in range(n)], [0.0] * n, out)
+    return out
+
+
+def solve_spd(matrix, rhs, low, tmp, out) -> None:
+    """``out = matrix⁻¹ rhs`` by Cholesky; ``low`` (n×n) and ``tmp`` (n) are scratch.  Matrices are indexed
+    ``m[i][j]`` (lists of lists, or 2-d arrays)."""
+    n = len(rhs)
     for i in range(n):
         for j in range(i + 1):
-            acc = matrix[i][j] - sum(low[i][m] * low[j][m] for m in range(j))
-            low[i][j] = math.sqrt(max(acc, 1e-300)) if i == j else acc / low[j][j]
-    y = [0.0] * n
+            acc = 0.0
+            for m in range(j):
+                acc += low[i][m] * low[j][m]
+            acc = matrix[i][j] - acc
+            if i == j:
+                if 1e-300 > acc:
+                    acc = 1e-300
+                low[i][j] = math.sqrt(acc)
+            else:
+                low[i][j] = acc / low[j][j]
     for i in range(n):
-        y[i] = (rhs[i] - sum(low[i][m] * y[m] for m in range(i))) / low[i][i]
-    x = [0.0] * n
-    for i in reversed(range(n)):
-        x[i] = (y[i] - sum(low[m][i] * x[m] for m in range(i + 1, n))) / low[i][i]
-    return x
+        acc = 0.0
+        for m in range(i):
+            acc += low[i][m] * tmp[m]
+        tmp[i] = (rhs[i] - acc) / low[i][i]
+    for i in range(n - 1, -1, -1):
+        acc = 0.0
+        for m in range(i + 1, n):
+            acc += low[m][i] * out[m]
+        out[i] = (tmp[i] - acc) / low[i][i]
+
+
+def newton_decision(theta, x, offset: float) -> float:
+    """``offset + b + w.x`` with ``theta = (b, w)`` (:meth:`NewtonLogistic.decision`)."""
+    acc = 0.0
+    for i in range(len(x)):
+        acc += theta[i + 1] * x[i]
+    return offset + theta[0] + acc
+
+
+def newton_step(theta, curvature, x, y: float, p: float, prior, precision, keep: float, hessian, low, grad, tmp,
+                step) -> None:
+    """One online Newton step of :class:`NewtonLogistic`, in place on ``theta`` and ``curvature`` (n×n,
+    ``n = len(theta)``), given ``p`` = its prediction for ``x``; ``hessian``, ``low`` (n×n), ``grad``, ``tmp``
+    and ``step`` (n) are scratch."""
+    n = len(theta)
+    curv = p * (1.0 - p)
+    for i in range(n):
+        zi = 1.0 if i == 0 else x[i - 1]
+        for j in range(n):
+            zj = 1.0 if j == 0 else x[j - 1]
+            curvature[i][j] = keep * curvature[i][j] + curv * zi * zj
+    # Gradient at θ of the new objective, given θ minimised the previous one: the new outcome's, plus the
+    # share of the prior that forgetting uncovered.
+    for i in range(n):
+        zi = 1.0 if i == 0 else x[i - 1]
+        grad[i] = (1.0 - keep) * precision[i] * (theta[i] - prior[i]) + (p - y) * zi
+        for j in range(n):
+            hessian[i][j] = curvature[i][j] + (precision[i] if i == j else 0.0)
+    solve_spd(hessian, grad, low, tmp, step)
+    for i in range(n):
+        theta[i] = theta[i] - step[i]
 
 
 class NewtonLogistic(LearnedState):
@@ -462,22 +545,14 @@ class NewtonLogistic(LearnedState):
         return self.theta[1:]
 
     def decision(self, x: Sequence[float], offset: float = 0.0) -> float:
-        return offset + self.theta[0] + sum(w * v for w, v in zip(self.theta[1:], x))
+        return newton_decision(self.theta, x, offset)
 
     def predict(self, x: Sequence[float], offset: float = 0.0) -> float:
         return sigmoid(self.decision(x, offset))
 
     def update(self, x: Sequence[float], y: float, offset: float = 0.0) -> None:
-        z = [1.0, *x]
         p = self.predict(x, offset)
-        keep, lam, n = self.keep, self.prior_precision, len(z)
-        curv = p * (1.0 - p)
-        self.curvature = [[keep * self.curvature[i][j] + curv * z[i] * z[j] for j in range(n)] for i in range(n)]
-        # Gradient at θ of the new objective, given θ minimised the previous one: the new outcome's, plus
-        # the share of the prior that forgetting uncovered.
-        grad = [(1.0 - keep) * lam_i * (t - t0) + (p - y) * v
-                for lam_i, t, t0, v in zip(lam, self.theta, self.prior, z)]
-        hessian = [[self.curvature[i][j] + (lam[i] if i == j else 0.0) for j in range(n)] for i in range(n)]
-        step = _solve_spd(hessian, grad)
-        self.theta = [t - s for t, s in zip(self.theta, step)]
+        n = len(self.theta)
+        newton_step(self.theta, self.curvature, x, y, p, self.prior, self.prior_precision, self.keep,
+                    [[0.0] * n for _ in range(n)], [[0.0] * n for _ in range(n)], [0.0] * n, [0.0] * n, [0.0] * n)
         self.n_updates += 1

@@ -181,6 +181,7 @@ def test_combiner_formulas_reproduce_learn_py_bit_for_bit():
 
     import numpy as np
     from sigkit_combiners import kernel
+    from sigkit import learn as kernel_learn
 
     from sigkit import fast
 
@@ -191,13 +192,13 @@ def test_combiner_formulas_reproduce_learn_py_bit_for_bit():
     theta_c, curvature_c = np.array(theta), np.zeros((k + 1, k + 1))
     prior, precision = np.array(reference.prior), np.array(reference.prior_precision)
     scratch = [np.zeros((k + 1, k + 1)), np.zeros((k + 1, k + 1)), np.zeros(k + 1), np.zeros(k + 1), np.zeros(k + 1)]
-    step = fast.twin(kernel.newton_step)
+    step = fast.newton_step
     for _ in range(300):
         x = [rng.gauss(0.0, rng.choice((0.1, 1.0, 5.0))) for _ in range(k)]
         y, offset = float(rng.random() < 0.4), rng.gauss(0.0, 0.5)
-        p = sigkit.sigmoid(kernel.newton_decision(theta, x, offset))
+        p = sigkit.sigmoid(kernel_learn.newton_decision(theta, x, offset))
         assert p == reference.predict(x, offset)
-        kernel.newton_step(theta, curvature, x, y, p, reference.prior, reference.prior_precision, reference.keep,
+        kernel_learn.newton_step(theta, curvature, x, y, p, reference.prior, reference.prior_precision, reference.keep,
                            [[0.0] * (k + 1) for _ in range(k + 1)], [[0.0] * (k + 1) for _ in range(k + 1)],
                            [0.0] * (k + 1), [0.0] * (k + 1), [0.0] * (k + 1))
         step(theta_c, curvature_c, np.array(x), y, p, prior, precision, reference.keep, *scratch)
@@ -226,15 +227,15 @@ def test_combiner_formulas_reproduce_learn_py_bit_for_bit():
             assert tf.tolist() == [*tracker._var, *tracker._spread, *tracker._weight, tracker._last_mid or 0.0]
 
     values = [rng.gauss(0.0, 10.0) for _ in range(20000)]
-    hedge_c = fast.twin(kernel.hedge_step)  # brier losses go through power()
+    square = fast.twin(kernel.hedge_step)  # brier losses go through power()
     for v in values:
-        assert kernel.power(v, 2.0) == v ** 2
+        assert kernel_learn.power(v, 2.0) == v ** 2
     losses, weights = np.zeros(2), np.array([0.5, 0.5])
     for v in values[:2000]:
         p = min(abs(v) / 30.0, 1.0)
         expected = list(weights)
         kernel.hedge_step(expected, [p, 1.0 - p], 1.0, 2.0, 0.01, False, [0.0, 0.0])
-        hedge_c(weights, np.array([p, 1.0 - p]), 1.0, 2.0, 0.01, False, losses)
+        square(weights, np.array([p, 1.0 - p]), 1.0, 2.0, 0.01, False, losses)
         assert weights.tolist() == expected
 
 

@@ -25,36 +25,8 @@ from numba.extending import overload as _overload
 from numba.extending import register_jitable as _jitable
 
 from sigkit import fast
+from sigkit.learn import power
 from sigkit.batch import BOOK, EVENT, OUTCOME, QUERY
-
-# -- x ** y as Python computes it -------------------------------------------------------------------------
-
-def _c_pow_address() -> int:
-    """The address of the C ``pow`` this Python's ``float ** float`` calls."""
-    for lib in (None, ctypes.util.find_library("m"), "ucrtbase", "msvcrt"):
-        try:
-            return ctypes.cast(ctypes.CDLL(lib).pow, ctypes.c_void_p).value
-        except (OSError, TypeError, AttributeError):
-            continue
-    raise ImportError("sigkit_combiners: cannot find the C library's pow()")
-
-
-# C pow under a name of our own: LLVM rewrites calls named "pow" with a constant exponent 2 into x * x.
-_llvm.add_symbol("sigkit_combiners_pow", _c_pow_address())
-_c_pow = _types.ExternalFunction("sigkit_combiners_pow", _types.float64(_types.float64, _types.float64))
-
-
-def power(x: float, y: float) -> float:
-    """``x ** y`` (C ``pow``), in Python and in kernels alike."""
-    return x ** y
-
-
-@_overload(power, jit_options={"cache": True})
-def _power_jit(x, y):
-    def impl(x, y):
-        return _c_pow(x, y)
-    return impl
-
 
 # -- pools ---------------------------------------------------------------------------------------------
 
@@ -124,108 +96,6 @@ def mixture_update(log_weights, stacked: float, members, y: float) -> None:
         log_weights[i] = log_weights[i] - top
 
 
-# -- NewtonLogistic (sigkit/learn.py) ------------------------------------------------------------------
-
-def newton_decision(theta, x, offset: float) -> float:
-    """``offset + b + w.x`` with ``theta = (b, w)``: :meth:`sigkit.NewtonLogistic.decision`."""
-    acc = 0.0
-    for i in range(len(x)):
-        acc += theta[i + 1] * x[i]
-    return offset + theta[0] + acc
-
-
-@_jitable
-def solve_spd(matrix, rhs, low, tmp, out) -> None:
-    """``out = matrix⁻¹ rhs`` by Cholesky (``sigkit.learn._solve_spd``); ``low`` (n×n) and ``tmp`` (n) are
-    scratch.  Matrices are indexed ``m[i][j]`` (lists of lists, or 2-d arrays)."""
-    n = len(rhs)
-    for i in range(n):
-        for j in range(i + 1):
-            acc = 0.0
-            for m in range(j):
-                acc += low[i][m] * low[j][m]
-            acc = matrix[i][j] - acc
-            if i == j:
-                if 1e-300 > acc:
-                    acc = 1e-300
-                low[i][j] = math.sqrt(acc)
-            else:
-                low[i][j] = acc / low[j][j]
-    for i in range(n):
-        acc = 0.0
-        for m in range(i):
-            acc += low[i][m] * tmp[m]
-        tmp[i] = (rhs[i] - acc) / low[i][i]
-    for i in range(n - 1, -1, -1):
-        acc = 0.0
-        for m in range(i + 1, n):
-            acc += low[m][i] * out[m]
-        out[i] = (tmp[i] - acc) / low[i][i]
-
-
-def newton_step(theta, curvature, x, y: float, p: float, prior, precision, keep: float, hessian, low, grad, tmp,
-                step) -> None:
-    """One online Newton step of :class:`sigkit.NewtonLogistic`, in place on ``theta`` and ``curvature``
-    (n×n, ``n = len(theta)``), given ``p`` = its prediction for ``x``; ``hessian``, ``low`` (n×n),
-    ``grad``, ``tmp`` and ``step`` (n) are scratch."""
-    n = len(theta)
-    curv = p * (1.0 - p)
-    for i in range(n):
-        zi = 1.0 if i == 0 else x[i - 1]
-        for j in range(n):
-            zj = 1.0 if j == 0 else x[j - 1]
-            curvature[i][j] = keep * curvature[i][j] + curv * zi * zj
-    for i in range(n):
-        zi = 1.0 if i == 0 else x[i - 1]
-        grad[i] = (1.0 - keep) * precision[i] * (theta[i] - prior[i]) + (p - y) * zi
-        for j in range(n):
-            hessian[i][j] = curvature[i][j] + (precision[i] if i == j else 0.0)
-    solve_spd(hessian, grad, low, tmp, step)
-    for i in range(n):
-        theta[i] = theta[i] - step[i]
-
-
-# -- RegimeTracker (sigkit/learn.py) -------------------------------------------------------------------
-
-def regime_decay(var, spread, weight, rates, dt: int) -> None:
-    """Decay the fast (0) and slow (1) sums by ``dt`` ns."""
-    for k in range(2):
-        keep = math.exp(-rates[k] * dt)
-        var[k] *= keep
-        spread[k] *= keep
-        weight[k] *= keep
-
-
-def regime_observe(var, spread, weight, bid_px: float, ask_px: float, mid: float, last_mid) -> None:
-    """Add one book update (``mid`` > 0; ``last_mid`` the previous one, falsy if none) to the sums."""
-    spread_bps = (ask_px - bid_px) / mid * 1e4
-    squared = power(math.log(mid / last_mid) * 1e4, 2.0) if last_mid else 0.0
-    for k in range(2):
-        var[k] += squared
-        spread[k] += spread_bps
-        weight[k] += 1.0
-
-
-@_jitable
-def regime_span(rate: float, elapsed: int) -> float:
-    """The decay-weighted length of time (ns) an estimate of decay ``rate`` covers after ``elapsed`` ns."""
-    return -math.expm1(-rate * elapsed) / rate
-
-
-def regime_state(var, spread, weight, rates, ratio: float, dims, elapsed: int) -> int:
-    """The regime state from the (decayed) sums; ``dims`` = codes of the dimensions (0 volatility, 1 spread),
-    the first in the lowest bit; ``elapsed`` = max(ns since the first book, 1), or 1 before any."""
-    state = 0
-    for bit in range(len(dims)):
-        if dims[bit] == 0:
-            high = var[0] / regime_span(rates[0], elapsed) > var[1] / regime_span(rates[1], elapsed) * ratio
-        else:
-            high = (weight[0] > 0 and weight[1] > 0
-                    and spread[0] / weight[0] > spread[1] / weight[1] * ratio)
-        state |= int(high) << bit
-    return state
-
-
 # -- hedge ---------------------------------------------------------------------------------------------
 
 def hedge_step(weights, members, y: float, eta: float, share: float, log_loss: bool, losses) -> None:
@@ -261,15 +131,15 @@ _scaled_sum = fast.twin(scaled_sum)
 _mixture_weights = fast.twin(mixture_weights)
 _mixture_pool = fast.twin(mixture_pool)
 _mixture_update = fast.twin(mixture_update)
-_newton_decision = fast.twin(newton_decision)
-_newton_step = fast.twin(newton_step)
-_regime_decay = fast.twin(regime_decay)
-_regime_observe = fast.twin(regime_observe)
-_regime_state = fast.twin(regime_state)
+_newton_decision = fast.newton_decision
+_newton_step = fast.newton_step
+_regime_decay = fast.regime_decay
+_regime_observe = fast.regime_observe
+_regime_state = fast.regime_state
 _hedge_step = fast.twin(hedge_step)
 
 #: Regime dimension codes in kernels.
-DIMENSION_CODES = {"volatility": 0, "spread": 1}
+from sigkit.learn import REGIME_CODES as DIMENSION_CODES  # noqa: E402
 
 
 # -- kernels -------------------------------------------------------------------------------------------
