@@ -313,10 +313,14 @@ def test_the_batch_path_gives_the_per_event_predictions_on_a_real_recording():
     _assert_equivalent(per_event, batch)
 
 
-@pytest.mark.parametrize("name", ["base_rate", "flow", "enhanced_as", "prefill_toxicity", "onchain_oi"])
-def test_the_conformance_suite_checks_batch_equivalence_of_built_in_models(name):
-    report = check_model(name, worlds=("informed",), duration="2m")
+@pytest.mark.parametrize("name,params,world", [
+    ("base_rate", None, "informed"), ("flow", None, "informed"), ("enhanced_as", None, "informed"),
+    ("prefill_toxicity", None, "informed"), ("onchain_oi", None, "oi"),
+    ("cross_asset", {"leader_venue": "simlead", "leader_symbol": "BTC-PERP"}, "leadlag")])
+def test_the_conformance_suite_checks_batch_equivalence_of_built_in_models(name, params, world):
+    report = check_model(name, params=params, worlds=(world,), duration="2m")
     assert report.status("batch_equivalence") == "pass", str(report)
+    assert report.ok, str(report)
 
 
 def test_market_codes_number_markets_in_order_of_appearance_and_match_whole_names():
