@@ -116,22 +116,12 @@ def engine_pass(path: Path, models: int, mode: str, duration: str, limit_ns: int
         recipe_path.write_text(recipe_text(models, duration))
         recipe = load_recipe(recipe_path, build_registry())
     replay = replay_from_recipe(recipe, sources=[("day", RawFile(path, limit_ns))], path=mode)
-    if mode == "batch":  # compile (or load from numba's cache) outside the timing: a first run pays it once
-        first = next(RawFile(path).chunks())
-        replay_from_recipe(recipe, sources=[("warm-up", _Once(first[:2000]))], path=mode).run()
+    replay.warm_up()  # compile (or load from numba's cache) outside the timing: a first run pays it once
     started = time.perf_counter()
     result = replay.run()
     elapsed = time.perf_counter() - started
     events = sum(result.events.values())
     return {"events": events, "fills": int(len(result.fills["ts_ns"])), "seconds": elapsed}
-
-
-class _Once:
-    def __init__(self, chunk):
-        self.chunk = chunk
-
-    def chunks(self):
-        yield self.chunk
 
 
 def numpy_pass(path: Path, limit_ns: int | None) -> dict:

@@ -205,6 +205,7 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
             table.show(report)
 
     table = None if (live is None or quiet) else _LiveTable()
+    _warm_up(replay, quiet)
     try:
         with stop.installed(), (_progress(replay.span_ns(), quiet) if live is None else _nothing()) as progress, \
                 (table or _nothing()):
@@ -375,6 +376,20 @@ class _StopFlag:
                     signal.signal(s, handler)
 
         return manager()
+
+
+def _warm_up(replay, quiet: bool) -> None:
+    """Compile the models' batch kernels (or load them from numba's cache) before the replay, saying so when
+    it takes a while: the first run after an install or an edit compiles every kernel once."""
+    if quiet:
+        replay.warm_up()
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status("loading compiled kernels (the first run after an install compiles them)"):
+        seconds = replay.warm_up()
+    if seconds > 2.0:
+        click.echo(f"compiled the batch kernels in {seconds:.0f} s; they are cached for later runs", err=True)
 
 
 def _progress(span: tuple[int, int] | None, quiet: bool):

@@ -351,6 +351,17 @@ class Replay:
         result.checkpoints = [{k: c[k] for k in ("ts_ns", "bytes", "save_s")} for c in checkpoints]
         return result
 
+    def warm_up(self) -> float:
+        """Hand every batch model and combiner an empty batch, so their kernels are compiled (or loaded from
+        numba's disk cache) before the replay starts; returns the seconds it took.  Nothing is learned."""
+        started = time.perf_counter()
+        state = _State(self)
+        if state.batch_models or state.batch_ensembles:
+            none = np.empty(0, dtype=np.int64)
+            state._steps(state._plan(_NO_EVENTS, np.empty(0, dtype=np.int32), none, none, none, np.empty(0), 0,
+                                     none, none)[0])
+        return time.perf_counter() - started
+
     def _check_checkpointable(self) -> None:
         for name, obj in self._instances.items():
             if not all(callable(getattr(obj, m, None)) for m in ("state_dict", "load_state_dict")):
