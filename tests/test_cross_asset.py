@@ -125,6 +125,130 @@ def test_shift_grid():
     assert shift_grid(20 * MS, 35 * MS, 10 * MS).tolist() == [-20 * MS, -10 * MS, 0, 10 * MS, 20 * MS, 30 * MS]
 
 
+# -- the compiled grid sums and the cached lead/lag ratio are the numpy / plain-Python ones, bit for bit -----
+
+def _random_series(rng, n, *, ties):
+    """``n`` increasing int64 times (non-decreasing with ``ties``: repeated times happen) from a random origin,
+    and levels."""
+    gaps = rng.integers(0 if ties else 1, int(rng.choice([3, 50, 10_000])), n)
+    ts = np.cumsum(gaps).astype(np.int64) + int(rng.integers(-10**12, 10**12))
+    return ts, np.cumsum(rng.normal(size=n) * rng.choice([1e-4, 1.0, 1e3]))
+
+
+def _assert_grid_sums_identical(x_ts, x, y_ts, y, first, step, count):
+    from sigkit_cross_asset.leadlag import _hy_covariance_on_grid_numpy
+
+    u, v = hy_covariance_on_grid(x_ts, x, y_ts, y, first, step, count, with_null_variance=True)
+    u0, v0 = _hy_covariance_on_grid_numpy(x_ts, x, y_ts, y, first, step, count, with_null_variance=True)
+    assert u.dtype == v.dtype == np.float64 and u.shape == u0.shape == v.shape == v0.shape == (count,)
+    if u0.dtype != np.float64:  # np.bincount of no pairs at all is integer zeros: the same bytes as 0.0
+        assert u0.dtype == v0.dtype == np.int64 and not u0.any() and not v0.any()
+    assert np.array_equal(u, u0) and np.array_equal(v, v0)
+    assert u.tobytes() == u0.tobytes() and v.tobytes() == v0.tobytes()
+    only_u = hy_covariance_on_grid(x_ts, x, y_ts, y, first, step, count)
+    assert only_u.dtype == np.float64 and only_u.tobytes() == _hy_covariance_on_grid_numpy(x_ts, x, y_ts, y, first, step, count).tobytes()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_grid_sums_are_the_numpy_ones_bit_for_bit(seed):
+    rng = np.random.default_rng(100 + seed)
+    for trial in range(300):
+        n, m = (int(k) for k in rng.integers(1, 80, 2))
+        x_ts, x = _random_series(rng, n, ties=trial % 4 == 0)
+        y_ts, y = _random_series(rng, m, ties=trial % 5 == 0)
+        if trial % 4 != 3:  # the same origin: overlaps at most shifts; else (independent origins) often none
+            y_ts = x_ts[0] + (y_ts - y_ts[0])
+        span = int(max(x_ts[-1] - x_ts[0], y_ts[-1] - y_ts[0], 1))
+        step = int(rng.choice([1, 7, max(span // 50, 1), span + 13]))
+        count = int(rng.choice([1, 2, 3, int(rng.integers(1, 60)), 1001]))
+        first = int(rng.choice([-(count // 2) * step, -count * step, 0, step, int(rng.integers(-2 * span, 2 * span + 1))]))
+        first += int(x_ts[0] - y_ts[0]) * int(trial % 7 == 1)  # a grid far from the series' offset: no overlap
+        _assert_grid_sums_identical(x_ts, x, y_ts, y, first, step, count)
+
+
+def test_compiled_grid_sums_are_the_numpy_ones_on_brownian_paths_and_edge_cases():
+    rng = np.random.default_rng(8)
+    x_ts, x, y_ts, y = _brownian_pair(rng, lag_ns=200 * MS, noise=0.5, n_leader=4000, n_follower=2000, span_ns=600 * S)
+    for first, step, count in [(-S, 10 * MS, 201), (0, 10 * MS, 101), (-3 * S, MS, 1001), (5 * MS, 7 * MS, 1),
+                               (-S, 10 * MS, 100), (10**6 * S, S, 5), (-10**6 * S, S, 5)]:
+        _assert_grid_sums_identical(x_ts, x, y_ts, y, first, step, count)
+    # Too few observations, and a series of two.
+    _assert_grid_sums_identical(x_ts[:1], x[:1], y_ts, y, -S, 10 * MS, 201)
+    _assert_grid_sums_identical(x_ts[:2], x[:2], y_ts[:2], y[:2], -S, 10 * MS, 201)
+    # Times as lists, levels as ints: the same conversions.
+    _assert_grid_sums_identical([0, 10, 20], [0, 1, 3], [5, 15, 25], [0, 2, 1], -5, 5, 4)
+    with pytest.raises(ValueError):
+        hy_covariance_on_grid(x_ts, x, y_ts, y, 0, 0, 5)
+    # Times beyond 2**61 in size (the compiled sums then divide per pair, as numpy), int64 wrapping around
+    # near its ends alike, and grids numpy refuses to add to int64 times.
+    from sigkit_cross_asset.leadlag import _hy_covariance_on_grid_numpy
+
+    for base in (2 ** 62, -2 ** 62, 2 ** 63 - 10 ** 6, -2 ** 63 + 10 ** 6, 2 ** 61 - 500):
+        xs = np.sort(rng.choice(10 ** 5, 50, replace=False)).astype(np.int64)
+        ys = np.sort(rng.choice(10 ** 5, 50, replace=False)).astype(np.int64)
+        xs, ys = (xs + base - 10 ** 5, ys + base - 10 ** 5) if base > 0 else (xs + base, ys + base)
+        xl, yl = rng.normal(size=50), rng.normal(size=50)
+        _assert_grid_sums_identical(xs, xl, ys, yl, -5000, 100, 101)
+        _assert_grid_sums_identical(xs, xl, ys, yl, -5 * 10 ** 6, 100, 100_001)
+        for grid in [(2 ** 63 - 100, 1, 150), (-5000, 2 ** 63, 1)]:
+            for fn in (hy_covariance_on_grid, _hy_covariance_on_grid_numpy):
+                with pytest.raises(OverflowError):
+                    fn(xs, xl, ys, yl, *grid)
+    with pytest.raises(ValueError):
+        hy_covariance_on_grid(x_ts, x, y_ts, y, 0, 5, 0)
+
+
+def test_compiled_grid_sums_are_the_numpy_ones_on_a_replay(tmp_path, monkeypatch):
+    # The series the model estimates on in a simulated lead-lag world (both paths: per event and batch).
+    import sigkit_cross_asset
+    from sigkit_cross_asset.leadlag import _hy_covariance_on_grid_numpy
+
+    seen = []
+    real = sigkit_cross_asset.estimate_lead_lag
+
+    def checked(x_ts, x, y_ts, y, shifts_ns, **kwargs):
+        shifts = np.asarray(shifts_ns)
+        args = (x_ts, x, y_ts, y, int(shifts[0]), int(shifts[1] - shifts[0]), len(shifts))
+        u, v = hy_covariance_on_grid(*args, with_null_variance=True)
+        u0, v0 = _hy_covariance_on_grid_numpy(*args, with_null_variance=True)
+        seen.append(u.tobytes() == u0.tobytes() and v.tobytes() == v0.tobytes())
+        return real(x_ts, x, y_ts, y, shifts_ns, **kwargs)
+
+    monkeypatch.setattr(sigkit_cross_asset, "estimate_lead_lag", checked)
+    path = tmp_path / "leadlag.yaml"
+    path.write_text(RECIPE.format(world="leadlag", seed=3, duration="3m", name="leadlag3"))
+    recipe = load_recipe(path, build_registry())
+    for how in ("per-event", "batch"):
+        replay_from_recipe(recipe, path=how).run()
+    assert len(seen) > 20 and all(seen)
+
+
+def test_lead_lag_ratio_is_the_plain_python_sum_bit_for_bit():
+    from sigkit_cross_asset.leadlag import _lead_lag_ratio_python
+
+    rng = np.random.default_rng(4)
+    grids = [shift_grid(S, S, 10 * MS), shift_grid(20 * MS, 35 * MS, 10 * MS), shift_grid(0, 5, 1),
+             shift_grid(3, 0, 1), np.array([-2, -1, 0, 1, 2, 3]), np.array([5, -5, 5, 0, -5, 7]), np.array([4])]
+    for trial in range(3000):
+        shifts = grids[trial % len(grids)]
+        rho = rng.uniform(-1, 1, len(shifts)) * rng.choice([1.0, 1e-3, 1e-160])
+        if trial % 11 == 0:
+            rho[rng.integers(0, len(rho), 3)] = 0.0
+        if trial % 13 == 0:
+            rho[:] = 0.0
+        mine, theirs = lead_lag_ratio(shifts, rho), _lead_lag_ratio_python(shifts, rho)
+        assert type(mine) is float and repr(mine) == repr(theirs)
+        assert lead_lag_ratio(shifts.tolist(), rho.tolist()) == theirs or math.isnan(theirs)
+    # Values whose C pow(v, 2) differs from v * v in the last bit: the squares stay pow's.
+    values = rng.uniform(-1, 1, 200_000)
+    odd = values[np.array([v ** 2 for v in values.tolist()]) != values * values]
+    half = min(len(odd) // 2, 200)
+    assert half > 10
+    shifts = np.arange(-half, half + 1)
+    rho = np.concatenate([odd[:half], [0.5], odd[half:2 * half]])
+    assert lead_lag_ratio(shifts, rho) == _lead_lag_ratio_python(shifts, rho)
+
+
 def _brownian_pair(rng, *, lag_ns, noise, n_leader=20_000, n_follower=5_000, span_ns=3600 * S):
     """METHODS.md §4.5: follower = 0.8 * leader(t - lag) + noise * independent BM, Poisson sampled (unit
     variance per second)."""

@@ -35,10 +35,15 @@ Notation (METHODS.md §4).  The leader ``X`` is observed at ``t_0 < ... < t_n``,
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import operator
 
 import attrs
 import numpy as np
+
+from sigkit import fast
 
 
 @attrs.frozen
@@ -142,10 +147,136 @@ def _sum_over_runs(weight: np.ndarray, k_lo: np.ndarray, k_hi: np.ndarray, n_shi
     return np.cumsum(steps[:n_shifts])
 
 
+@fast.kernel
+def _walk_left(a, value, start):
+    """``np.searchsorted(a, value, side="left")`` for a sorted ``a`` (the first index with ``a[k] >= value``),
+    walking from ``start`` (the answer for a nearby value): cheap for a run of increasing values."""
+    k = start
+    while k < a.size and a[k] < value:
+        k += 1
+    while k > 0 and a[k - 1] >= value:
+        k -= 1
+    return k
+
+
+@fast.kernel
+def _walk_right(a, value, start):
+    """``np.searchsorted(a, value, side="right")`` for a sorted ``a`` (the first index with ``a[k] > value``),
+    walking from ``start``."""
+    k = start
+    while k < a.size and a[k] <= value:
+        k += 1
+    while k > 0 and a[k - 1] > value:
+        k -= 1
+    return k
+
+
+_SAFE_NS = 2 ** 61  # times and shifts below this in size: no sum or difference of three of them overflows
+
+
+@fast.kernel
+def _floor_parts(values, offset, step_ns, q, r):
+    """``q[k], r[k] = divmod(values[k] + offset, step_ns)`` (floor division, ``0 <= r < step_ns``)."""
+    for k in range(values.size):
+        v = values[k] + offset
+        q[k] = v // step_ns
+        r[k] = v - q[k] * step_ns
+
+
+@fast.kernel
+def _hy_grid_sums(x_ts, x, y_ts, y, first_shift_ns, last_shift_ns, step_ns, n_shifts, with_null_variance):
+    """:func:`_grid_pairs` and :func:`_sum_over_runs` in one pass, with the same arithmetic in the same order:
+    the pairs in order of ``i`` then ``j``, each bin of the two ``bincount`` sums (run starts, run ends)
+    added to in that order, their difference, and its sequential cumulative sum.  Returns ``(u, v)``
+    (``v`` empty unless ``with_null_variance``).
+
+    The grid indices are :func:`_grid_pairs`' floor divisions, exactly: with ``a = q_a·δ + r_a`` and
+    ``b = q_b·δ + r_b`` (``0 <= r < δ``), ``(a - b) // δ = q_a - q_b - [r_a < r_b]``, so one division per
+    observation (``s_j`` and ``t_i + θ_0``) stands for two per pair.  That holds while no difference
+    overflows, i.e. for times and shifts below ``2**61`` in size (always, for nanosecond timestamps);
+    beyond, the pairs' own divisions run as in numpy (int64 arithmetic wraps around alike)."""
+    m = y_ts.size - 1
+    n_v = n_shifts + 1 if with_null_variance else 0
+    u_start, u_end = np.zeros(n_shifts + 1), np.zeros(n_shifts + 1)
+    v_start, v_end = np.zeros(n_v), np.zeros(n_v)
+    # Bounds both ways rather than abs(), which wraps around at the int64 minimum.
+    safe = -_SAFE_NS < first_shift_ns < _SAFE_NS and -_SAFE_NS < last_shift_ns < _SAFE_NS
+    for k in range(x_ts.size):
+        safe = safe and -_SAFE_NS < x_ts[k] < _SAFE_NS
+    for k in range(y_ts.size):
+        safe = safe and -_SAFE_NS < y_ts[k] < _SAFE_NS
+    qx, rx = np.empty(x_ts.size if safe else 0, np.int64), np.empty(x_ts.size if safe else 0, np.int64)
+    qy, ry = np.empty(y_ts.size if safe else 0, np.int64), np.empty(y_ts.size if safe else 0, np.int64)
+    if safe:
+        _floor_parts(x_ts, first_shift_ns, step_ns, qx, rx)  # t_i + θ_0
+        _floor_parts(y_ts, 0, step_ns, qy, ry)  # s_j
+    right = left = 0
+    for i in range(x_ts.size - 1):
+        right = _walk_right(y_ts, x_ts[i] + first_shift_ns, right)
+        left = _walk_left(y_ts, x_ts[i + 1] + last_shift_ns, left)
+        lo = max(right, 1)
+        hi = min(left, m)
+        for j in range(lo, hi + 1):
+            if safe:
+                k_lo = max(qy[j - 1] - qx[i + 1] - np.int64(ry[j - 1] < rx[i + 1]) + 1, 0)
+                k_hi = min(qy[j] - qx[i] + np.int64(rx[i] < ry[j]) - 1, n_shifts - 1)
+            else:
+                k_lo = max((y_ts[j - 1] - x_ts[i + 1] - first_shift_ns) // step_ns + 1, 0)
+                k_hi = min(-((first_shift_ns - (y_ts[j] - x_ts[i])) // step_ns) - 1, n_shifts - 1)
+            if k_lo <= k_hi:
+                product = (x[i + 1] - x[i]) * (y[j] - y[j - 1])
+                u_start[k_lo] += product
+                u_end[k_hi + 1] += product
+                if with_null_variance:
+                    square = product * product
+                    v_start[k_lo] += square
+                    v_end[k_hi + 1] += square
+    u = np.empty(n_shifts)
+    v = np.empty(n_shifts if with_null_variance else 0)
+    if n_shifts > 0:
+        u[0] = u_start[0] - u_end[0]
+        for k in range(1, n_shifts):
+            u[k] = u[k - 1] + (u_start[k] - u_end[k])
+        if with_null_variance:
+            v[0] = v_start[0] - v_end[0]
+            for k in range(1, n_shifts):
+                v[k] = v[k - 1] + (v_start[k] - v_end[k])
+    return u, v
+
+
 def hy_covariance_on_grid(x_ts, x, y_ts, y, first_shift_ns: int, step_ns: int, n_shifts: int,
                           *, with_null_variance: bool = False):
     """``U(θ_k)`` at ``θ_k = first_shift_ns + k · step_ns``, ``k < n_shifts``, by the pair/cumulative-sum
     formulation (same value as :func:`hy_shifted_covariance`, far fewer operations on a fine grid).
+
+    With ``with_null_variance``, also returns ``V(θ_k) = Σ ΔX_i² ΔY_j² 1{overlap}``: the variance of
+    ``U(θ_k)`` if the two series' increments were independent with mean zero (given their sizes), so
+    ``U / sqrt(V)`` is a z-score of the cross-covariance at each shift.
+
+    Compiled (:func:`_hy_grid_sums`); bit for bit the numpy reference :func:`_hy_covariance_on_grid_numpy`
+    (whose ``np.bincount`` returns integer zeros when no pair overlaps: here float zeros, the same bytes).
+    """
+    x_ts, y_ts = np.asarray(x_ts, dtype=np.int64), np.asarray(y_ts, dtype=np.int64)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or len(y) < 2:
+        zeros = np.zeros(n_shifts)
+        return (zeros, zeros.copy()) if with_null_variance else zeros
+    first_shift_ns, step_ns, n_shifts = int(first_shift_ns), int(step_ns), int(n_shifts)
+    if step_ns <= 0 or n_shifts < 1:
+        raise ValueError("the grid needs a positive step and at least one shift")
+    last_shift_ns = first_shift_ns + (n_shifts - 1) * step_ns
+    for shift in (first_shift_ns, last_shift_ns, step_ns):
+        if not -2 ** 63 <= shift < 2 ** 63:  # numpy refuses to add it to (divide) int64 times
+            raise OverflowError(f"Python integer {shift} out of bounds for int64")
+    u, v = _hy_grid_sums(x_ts, x, y_ts, y, first_shift_ns, last_shift_ns, step_ns, n_shifts,
+                         bool(with_null_variance))
+    return (u, v) if with_null_variance else u
+
+
+def _hy_covariance_on_grid_numpy(x_ts, x, y_ts, y, first_shift_ns: int, step_ns: int, n_shifts: int,
+                          *, with_null_variance: bool = False):
+    """The numpy reference of :func:`hy_covariance_on_grid` (tests check the compiled version against it bit
+    for bit): the pairs of :func:`_grid_pairs`, summed by :func:`_sum_over_runs`.
 
     With ``with_null_variance``, also returns ``V(θ_k) = Σ ΔX_i² ΔY_j² 1{overlap}``: the variance of
     ``U(θ_k)`` if the two series' increments were independent with mean zero (given their sizes), so
@@ -208,14 +339,58 @@ def estimate_lead_lag(x_ts, x, y_ts, y, shifts_ns, *, ts_ns: int | None = None) 
     best = int(np.argmax(np.abs(u)))
     zero = int(np.argmin(np.abs(shifts)))
     z = float(u[best] / np.sqrt(v[best])) if v[best] > 0 else 0.0
+    shift_list, rho_list = shifts.tolist(), rho.tolist()
+    shift_tuple = tuple(shift_list)
     return LeadLagEstimate(
-        lag_ns=int(shifts[best]), correlation=float(rho[best]), correlation_at_zero=float(rho[zero]),
-        lead_lag_ratio=lead_lag_ratio(shifts, rho), z_score=z, n_leader=len(dx), n_follower=len(dy), ts_ns=ts_ns,
-        shifts_ns=tuple(shifts.tolist()), rho=tuple(rho.tolist()))
+        lag_ns=shift_list[best], correlation=rho_list[best], correlation_at_zero=rho_list[zero],
+        lead_lag_ratio=_ratio_of_squares(shift_tuple, rho_list), z_score=z, n_leader=len(dx), n_follower=len(dy),
+        ts_ns=ts_ns, shifts_ns=shift_tuple, rho=tuple(rho_list))
+
+
+def _pick(indices: tuple[int, ...]):
+    """``values -> tuple(values[k] for k in indices)`` (``operator.itemgetter``, a tuple even of one)."""
+    if len(indices) == 1:
+        k = indices[0]
+        return lambda values: (values[k],)
+    return operator.itemgetter(*indices)
+
+
+@functools.lru_cache(maxsize=64)
+def _mirror_pairs(shifts: tuple[int, ...]):
+    """Getters of ``ρ(ℓ)`` and of ``ρ(-ℓ)`` for :func:`lead_lag_ratio`'s pairs, in order of the positive
+    shifts ``ℓ`` (a repeated shift maps to its last index), and how many; None when there are none."""
+    where = {s: k for k, s in enumerate(shifts)}
+    pairs = [(where[s], where[-s]) for s in shifts if s > 0 and -s in where]
+    if not pairs:
+        return None
+    lead_idx, lag_idx = zip(*pairs)
+    return _pick(lead_idx), _pick(lag_idx), len(pairs)
 
 
 def lead_lag_ratio(shifts_ns, rho) -> float:
-    """``Σ_{ℓ>0} ρ²(ℓ) / Σ_{ℓ>0} ρ²(-ℓ)`` over the positive shifts whose negative is on the grid too."""
+    """``Σ_{ℓ>0} ρ²(ℓ) / Σ_{ℓ>0} ρ²(-ℓ)`` over the positive shifts whose negative is on the grid too.
+
+    The index pairs are cached per grid.  Each square is the C library's ``pow(ρ, 2)`` (Python's and numpy's
+    scalar ``**``, which now and then differs in the last bit from ``ρ·ρ``, what numpy's array ``** 2``
+    computes) and each sum is a plain left-to-right float addition in order of ``ℓ`` (neither numpy's
+    pairwise ``sum`` nor the compensated ``sum`` of Python 3.12+), so the ratio is the same to the bit as
+    the ``sum(rho[k] ** 2 for ...)`` over numpy scalars of :func:`_lead_lag_ratio_python`."""
+    return _ratio_of_squares(tuple(np.asarray(shifts_ns, dtype=np.int64).tolist()), np.asarray(rho, dtype=float).tolist())
+
+
+def _ratio_of_squares(shifts: tuple[int, ...], values: list[float]) -> float:
+    """:func:`lead_lag_ratio` on the grid as a tuple of ints and ρ as a list of floats."""
+    pairs = _mirror_pairs(shifts)
+    if pairs is None:
+        return float("nan")
+    lead_of, lag_of, n = pairs
+    lead = functools.reduce(operator.add, map(pow, lead_of(values), itertools.repeat(2.0, n)), 0.0)
+    lag = functools.reduce(operator.add, map(pow, lag_of(values), itertools.repeat(2.0, n)), 0.0)
+    return lead / lag if lag > 0 else float("inf")
+
+
+def _lead_lag_ratio_python(shifts_ns, rho) -> float:
+    """The plain-Python reference of :func:`lead_lag_ratio` (tests check it bit for bit)."""
     shifts = np.asarray(shifts_ns, dtype=np.int64)
     rho = np.asarray(rho, dtype=float)
     where = {int(s): k for k, s in enumerate(shifts)}
