@@ -34,7 +34,7 @@ from sigkit.context import Market
 from sigkit.errors import DataError, ModelError, PluginError, SigkitError
 from sigkit.batch import EVENT, OUTCOME, QUERY, Batch, BatchPredictions, MarketCodes
 from sigkit.events import (
-    BOOK, EVENT_DTYPE, FILL, STAT, TRADE, BookUpdate, FillQuery, MarketStat, Outcome, Prediction, Trade,
+    BOOK, EVENT_DTYPE, FILL, STAT, SYMBOL_CHARS, TRADE, VENUE_CHARS, BookUpdate, FillQuery, MarketStat, Outcome, Prediction, Trade,
 )
 from sigkit.learn import capture_state, restore_state
 from sigkit.plugins import resolve_hooks
@@ -207,7 +207,7 @@ class Replay:
                  ensembles: Sequence[tuple[str, Any, Sequence[str]]] = (), target: Market, labelling: Labelling,
                  public_fills: bool = True, snapshot_interval_ns: int | None = None,
                  provenance: dict[str, str] | None = None, on_error: str = "stop", identity: dict | None = None,
-                 path: str = "batch", spill_rows: int = 1 << 18):
+                 path: str = "batch", spill_rows: int = 1 << 16):
         self.target = target
         self.spill_rows = spill_rows  # settled fills kept in memory before they move to disk (see _Columns)
         if path not in ("batch", "per-event"):
@@ -387,7 +387,7 @@ class _Columns:
     Indexes are the fills' run-wide numbers; ``base`` is the first still in memory (``local(i) = i - base``).
     """
 
-    def __init__(self, n_horizons: int, n_models: int, n_ensembles: int, spill_rows: int = 1 << 18):
+    def __init__(self, n_horizons: int, n_models: int, n_ensembles: int, spill_rows: int = 1 << 16):
         self.n = 0  # fills so far
         self.base = 0  # fills before this one are on disk
         self.cap = 0
@@ -399,6 +399,9 @@ class _Columns:
                        "ens_p": (float, (n_ensembles,)), "ens_confidence": (float, (n_ensembles,)),
                        "ens_cost": (float, (n_ensembles,))}
         self.cols: dict[str, np.ndarray] = {}
+        # Columns made from others when rows go to disk (e.g. venue names from market codes); set by the owner.
+        self.derive: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+        self.derived_dtypes: dict[str, np.dtype] = {}
         self.spill_dir: str | None = None
         self._files: dict = {}
         self._grow(1024)
@@ -443,10 +446,24 @@ class _Columns:
             if handle is None:
                 handle = self._files[name] = open(Path(self.spill_dir) / name, "wb")
             np.ascontiguousarray(col[:count]).tofile(handle)
+        self._write_derived(count)
+        for col in self.cols.values():
             col[:held - count] = col[count:held]
             if col.dtype.kind == "f":
                 col[held - count:held] = np.nan
         self.base = final
+
+    def _write_derived(self, count: int) -> None:
+        """Append the derived columns of the first ``count`` rows in memory to their files (so the result
+        never reads the mapped columns back to make them)."""
+        if self.derive is None:
+            return
+        for name, values in self.derive({name: col[:count] for name, col in self.cols.items()}).items():
+            handle = self._files.get(name)
+            if handle is None:
+                handle = self._files[name] = open(Path(self.spill_dir) / name, "wb")
+            self.derived_dtypes[name] = values.dtype
+            np.ascontiguousarray(values).tofile(handle)
 
     def view(self, name: str) -> np.ndarray:
         """Every row of a column: in memory, or (once spilled) the disk rows and the memory rows joined."""
@@ -464,11 +481,15 @@ class _Columns:
         if not self.base:
             return {name: self.view(name).copy() for name in self.shapes}
         out = {}
-        for name in self.shapes:
+        self._write_derived(self.n - self.base)
+        shapes = dict(self.shapes)
+        shapes.update({name: (dtype, ()) for name, dtype in self.derived_dtypes.items()})
+        for name in shapes:
             handle = self._files.pop(name)
-            np.ascontiguousarray(self.cols[name][:self.n - self.base]).tofile(handle)
+            if name in self.cols:
+                np.ascontiguousarray(self.cols[name][:self.n - self.base]).tofile(handle)
             handle.close()
-            dtype, tail = self.shapes[name]
+            dtype, tail = shapes[name]
             path = Path(self.spill_dir) / name
             shape = (self.n, *tail)
             out[name] = np.memmap(path, dtype=dtype, mode="r", shape=shape) if math.prod(shape) else \
@@ -538,6 +559,7 @@ class _State:
         self.history: list[dict] = []
         self.next_snapshot = None
         self.fills = _Columns(len(self.horizons), len(replay.model_ids), len(replay.ensembles), replay.spill_rows)
+        self.fills.derive = self._derived
 
     @property
     def reference_rate(self) -> float:
@@ -795,7 +817,6 @@ class _State:
         o_adverse = batch.o_adverse.tolist()
         trade_handlers, book_handlers, stat_handlers = self.trade_handlers, self.book_handlers, self.stat_handlers
         predictors, ensembles, outcome_handlers = self.predictors, self.event_ensembles, self.outcome_handlers
-        n_models = len(self.replay.model_ids)
         P, C, K = f["p"], f["confidence"], f["cost"]
         b = f.base
         fill_objects = self.fill_objects
@@ -874,6 +895,15 @@ class _State:
             if culprit is None:
                 raise
             raise ModelError(f"{culprit[0]} raised {type(err).__name__} in {culprit[1]} at ts_ns={t}: {err}") from err
+
+    def _derived(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The result's columns made from others: market names, whether labelled, the realized cost."""
+        names = self.markets.names
+        venues = np.array([v for v, _ in names] or [""], dtype=f"<U{VENUE_CHARS}")
+        symbols = np.array([s for _, s in names] or [""], dtype=f"<U{SYMBOL_CHARS}")
+        market = cols["market"]
+        return {"venue": venues[market], "symbol": symbols[market], "labelled": ~np.isnan(cols["was_adverse"]),
+                "realized_as_bps": -cols["markouts"][:, self.primary]}
 
     def _paths(self) -> dict[str, str]:
         """Which path each model and ensemble runs on: "batch" (on_batch) or "per-event"."""
@@ -1038,15 +1068,13 @@ class _State:
         """What the run produced so far (``final``: the run is over, and spilled columns may be handed over
         as maps of their files)."""
         cols = self.fills.finish() if final else {name: self.fills.view(name).copy() for name in self.fills.shapes}
-        names = self.markets.names
-        market = cols["market"]
-        venues = np.array([v for v, _ in names] or [""], dtype=str)
-        symbols = np.array([s for _, s in names] or [""], dtype=str)
+        if "venue" not in cols:  # in memory: make the derived columns here (on disk they were written as rows left)
+            cols.update(self._derived(cols))
         markouts = cols["markouts"]
         fills = {
             "ts_ns": cols["ts"],
-            "venue": venues[market] if len(market) else np.array([], dtype=str),
-            "symbol": symbols[market] if len(market) else np.array([], dtype=str),
+            "venue": cols["venue"],
+            "symbol": cols["symbol"],
             "side": cols["side"],
             "price": cols["price"],
             "size": cols["size"],
@@ -1054,9 +1082,9 @@ class _State:
             "p_ref": cols["p_ref"],
             "truth": cols["truth"],
             "was_adverse": cols["was_adverse"],
+            "labelled": cols["labelled"],
+            "realized_as_bps": cols["realized_as_bps"],
         }
-        fills["labelled"] = ~np.isnan(fills["was_adverse"])
-        fills["realized_as_bps"] = -markouts[:, self.primary]
         for hi, h in enumerate(self.horizons):
             fills[f"markout_{h}"] = markouts[:, hi]
         predictions = {}
@@ -1076,6 +1104,7 @@ class _State:
 
 
 _NO_EVENTS = np.empty(0, dtype=EVENT_DTYPE)
+
 
 
 def _levels(levels: np.ndarray) -> tuple[tuple[float, float], ...]:

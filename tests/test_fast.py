@@ -4,7 +4,6 @@ real recording."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from sigkit.testing import (
     EQUIVALENCE_TOLERANCE, batch_difference, check_batch_equivalence, check_model, rechunk, simulate_stream,
 )
 
-from conftest import SHARED_DATA, SIM_RECIPE_HEAD, ListSource, book, chunk_of, fill, stat, trade
+from conftest import SHARED_DATA, SIM_RECIPE_HEAD, ListSource, book, chunk_of, stat, trade
 
 H = 10
 REPO = Path(__file__).resolve().parents[1]

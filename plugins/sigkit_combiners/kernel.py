@@ -14,18 +14,12 @@ rewrite a power of 2 as a product.  :func:`power` is ``x ** y`` in Python and th
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 
 import numpy as np
-from llvmlite import binding as _llvm
-from numba.core import types as _types
-from numba.extending import overload as _overload
-from numba.extending import register_jitable as _jitable
 
 from sigkit import fast
-from sigkit.learn import power
+from sigkit.learn import REGIME_CODES, power
 from sigkit.batch import BOOK, EVENT, OUTCOME, QUERY
 
 # -- pools ---------------------------------------------------------------------------------------------
@@ -139,8 +133,7 @@ _regime_state = fast.regime_state
 _hedge_step = fast.twin(hedge_step)
 
 #: Regime dimension codes in kernels.
-from sigkit.learn import REGIME_CODES as DIMENSION_CODES  # noqa: E402
-
+DIMENSION_CODES = REGIME_CODES
 
 # -- kernels -------------------------------------------------------------------------------------------
 
