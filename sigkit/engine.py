@@ -780,11 +780,11 @@ class _State:
         if p.shape != (n,) or conf.shape != (n,) or cost.shape != (n,):
             raise ModelError(f"{who} returned predictions of shape {p.shape}/{conf.shape}/{cost.shape} from "
                              f"on_batch(); expected ({n},) each, one per query")
-        bad = np.flatnonzero(~((p >= 0.0) & (p <= 1.0)))
-        if len(bad):
+        if n and not (p.min() >= 0.0 and p.max() <= 1.0):  # NaN fails both
+            bad = np.flatnonzero(~((p >= 0.0) & (p <= 1.0)))
             raise ModelError(f"{who} predicted p_adverse={float(p[bad[0]])!r} in on_batch(); it must be a probability in [0, 1]")
-        bad = np.flatnonzero(~((conf >= 0.0) & (conf <= 1.0)))
-        if len(bad):
+        if n and not (conf.min() >= 0.0 and conf.max() <= 1.0):
+            bad = np.flatnonzero(~((conf >= 0.0) & (conf <= 1.0)))
             raise ModelError(f"{who} gave confidence={float(conf[bad[0]])!r} in on_batch(); it must be in [0, 1]")
         return p, conf, cost
 
