@@ -198,29 +198,108 @@ def test_compiled_grid_sums_are_the_numpy_ones_on_brownian_paths_and_edge_cases(
         hy_covariance_on_grid(x_ts, x, y_ts, y, 0, 5, 0)
 
 
-def test_compiled_grid_sums_are_the_numpy_ones_on_a_replay(tmp_path, monkeypatch):
+def _assert_same_estimate(mine, theirs):
+    """Every field of two estimates: the same Python types and the same values (repr of floats, so -0.0 and
+    NaN count, and tuples element by element)."""
+    if theirs is None:
+        assert mine is None
+        return
+    assert type(mine) is LeadLagEstimate
+    for name in attrs.fields_dict(LeadLagEstimate):
+        a, b = getattr(mine, name), getattr(theirs, name)
+        assert type(a) is type(b), name
+        if isinstance(b, tuple):
+            assert [type(e) for e in a] == [type(e) for e in b], name
+        assert repr(a) == repr(b), name
+
+
+def test_compiled_grid_sums_and_estimates_are_the_numpy_ones_on_a_replay(tmp_path, monkeypatch):
     # The series the model estimates on in a simulated lead-lag world (both paths: per event and batch).
     import sigkit_cross_asset
-    from sigkit_cross_asset.leadlag import _hy_covariance_on_grid_numpy
+    from sigkit_cross_asset.leadlag import _estimate_lead_lag_numpy, _hy_covariance_on_grid_numpy
 
     seen = []
-    real = sigkit_cross_asset.estimate_lead_lag
+    real = sigkit_cross_asset.estimate_on_grid
 
-    def checked(x_ts, x, y_ts, y, shifts_ns, **kwargs):
-        shifts = np.asarray(shifts_ns)
+    def checked(grid, x_ts, x, y_ts, y, ts_ns=None):
+        shifts = grid.shifts
         args = (x_ts, x, y_ts, y, int(shifts[0]), int(shifts[1] - shifts[0]), len(shifts))
         u, v = hy_covariance_on_grid(*args, with_null_variance=True)
         u0, v0 = _hy_covariance_on_grid_numpy(*args, with_null_variance=True)
         seen.append(u.tobytes() == u0.tobytes() and v.tobytes() == v0.tobytes())
-        return real(x_ts, x, y_ts, y, shifts_ns, **kwargs)
+        mine = real(grid, x_ts, x, y_ts, y, ts_ns)
+        _assert_same_estimate(mine, _estimate_lead_lag_numpy(x_ts, x, y_ts, y, shifts, ts_ns=ts_ns))
+        _assert_same_estimate(estimate_lead_lag(x_ts, x, y_ts, y, shifts, ts_ns=ts_ns), mine)
+        return mine
 
-    monkeypatch.setattr(sigkit_cross_asset, "estimate_lead_lag", checked)
+    monkeypatch.setattr(sigkit_cross_asset, "estimate_on_grid", checked)
     path = tmp_path / "leadlag.yaml"
     path.write_text(RECIPE.format(world="leadlag", seed=3, duration="3m", name="leadlag3"))
     recipe = load_recipe(path, build_registry())
     for how in ("per-event", "batch"):
         replay_from_recipe(recipe, path=how).run()
     assert len(seen) > 20 and all(seen)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_compiled_estimate_is_the_numpy_one_bit_for_bit(seed):
+    # estimate_lead_lag (one compiled call) against the numpy reference on random asynchronous series and
+    # grids: levels with ties in |U| (small integers), tiny and huge scales, no increment at all, grids with
+    # and without mirrored shifts, and followers that repeat the leader's steps in small ones (|U| > norm:
+    # the Cauchy-Schwarz denominator).
+    from sigkit_cross_asset.leadlag import _estimate_lead_lag_numpy
+
+    rng = np.random.default_rng(300 + seed)
+    grids = [shift_grid(S, S, 10 * MS), shift_grid(20 * MS, 35 * MS, 10 * MS), shift_grid(0, 50, 1),
+             shift_grid(30, 0, 1), np.array([-2, -1, 0, 1, 2, 3]) * 7, np.array([4]), np.arange(-60, 61, 5),
+             shift_grid(500, 500, 10)]
+    kinds = {"over": 0, "none": 0, "ties": 0}
+    for trial in range(400):
+        shifts = grids[trial % len(grids)]
+        span = max(int(shifts[-1] - shifts[0]), 100)
+        n, m = (int(k) for k in rng.integers(1, 60, 2))
+        x_ts = np.sort(rng.choice(4 * span, n, replace=False)).astype(np.int64) + 10 ** 12
+        y_ts = np.sort(rng.choice(4 * span, m, replace=False)).astype(np.int64) + 10 ** 12
+        if trial % 3 == 0:  # small integer steps: many equal |U| (np.argmax takes the first)
+            x, y = np.cumsum(rng.integers(-1, 2, n)).astype(float), np.cumsum(rng.integers(-1, 2, m)).astype(float)
+        else:
+            x = np.cumsum(rng.normal(size=n) * rng.choice([1e-6, 1.0, 1e3]))
+            y = np.cumsum(rng.normal(size=m) * rng.choice([1e-6, 1.0, 1e3]))
+        if trial % 5 == 1:  # the follower repeats each leader step in four small ones
+            y_ts = (x_ts[:, None] + int(rng.integers(0, span // 4 + 1)) + np.arange(4)[None, :]).ravel()
+            y = np.cumsum(np.repeat(np.diff(x, prepend=0.0) / 4, 4))
+        theirs = _estimate_lead_lag_numpy(x_ts, x, y_ts, y, shifts, ts_ns=trial)
+        mine = estimate_lead_lag(x_ts, x, y_ts, y, shifts, ts_ns=trial)
+        _assert_same_estimate(mine, theirs)
+        if theirs is None:
+            kinds["none"] += 1
+            continue
+        u = hy_covariance_on_grid(x_ts, x, y_ts, y, int(shifts[0]), int(shifts[1] - shifts[0]) if len(shifts) > 1 else 1,
+                                  len(shifts))
+        norm = math.sqrt((np.diff(x) @ np.diff(x)) * (np.diff(y) @ np.diff(y)))
+        kinds["over"] += bool((np.abs(u) > norm).any())
+        kinds["ties"] += int(np.sum(np.abs(u) == np.abs(u).max()) > 1)
+    assert all(count > 5 for count in kinds.values()), kinds
+    # Overflowing squares and products (norm inf, U with inf and NaN: np.argmax takes the first NaN).
+    with np.errstate(all="ignore"):
+        for trial in range(100):
+            n, m = (int(k) for k in rng.integers(2, 40, 2))
+            x_ts = np.sort(rng.choice(400, n, replace=False)).astype(np.int64)
+            y_ts = np.sort(rng.choice(400, m, replace=False)).astype(np.int64)
+            x = np.cumsum(rng.normal(size=n)) * rng.choice([1e155, 1e160, 1e200])
+            y = np.cumsum(rng.normal(size=m)) * rng.choice([1e155, 1e160, 1e200])
+            if trial % 7 == 0:
+                x[rng.integers(0, n)] = np.inf
+            _assert_same_estimate(estimate_lead_lag(x_ts, x, y_ts, y, shift_grid(50, 50, 5)),
+                                  _estimate_lead_lag_numpy(x_ts, x, y_ts, y, shift_grid(50, 50, 5)))
+    # Lists in, and a grid that is not uniform: the same answers and the same error.
+    _assert_same_estimate(estimate_lead_lag([0, 10, 20, 30], [0.0, 1.0, 3.0, 2.0], [5, 15, 25], [0.0, 2.0, 1.0],
+                                            [-10, -5, 0, 5, 10]),
+                          _estimate_lead_lag_numpy([0, 10, 20, 30], [0.0, 1.0, 3.0, 2.0], [5, 15, 25], [0.0, 2.0, 1.0],
+                                                   [-10, -5, 0, 5, 10]))
+    for fn in (estimate_lead_lag, _estimate_lead_lag_numpy):
+        with pytest.raises(ValueError):
+            fn([0, 10, 20], [0.0, 1.0, 3.0], [5, 15, 25], [0.0, 2.0, 1.0], [-10, 0, 5])
 
 
 def test_lead_lag_ratio_is_the_plain_python_sum_bit_for_bit():

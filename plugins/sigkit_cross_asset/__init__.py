@@ -48,7 +48,7 @@ import numpy as np
 import sigkit
 from sigkit_cross_asset import kernel as _kernel
 from sigkit_cross_asset.leadlag import (
-    LeadLagEstimate, cauchy_schwarz_bound, estimate_lead_lag, hy_covariance_on_grid, hy_shifted_covariance, hy_shifted_covariance_brute,
+    LeadLagEstimate, LeadLagGrid, cauchy_schwarz_bound, estimate_lead_lag, estimate_on_grid, hy_covariance_on_grid, hy_shifted_covariance, hy_shifted_covariance_brute,
     lead_lag_ratio, leader_step_mean, move_bps, shift_grid, squash_features,
 )
 
@@ -141,6 +141,9 @@ class CrossAsset(sigkit.LearnedState):
         if self.leader == self.target:
             raise ValueError(f"the leader market {self.leader} is the target itself")
         self.shifts_ns = shift_grid(params.lead_max_ns, params.lag_max_ns, params.lag_step_ns)
+        # The grid prepared for the estimates, with the array it was made from (not state: rebuilt from
+        # shifts_ns, e.g. after a checkpoint replaced that array).
+        self._grid = (self.shifts_ns, LeadLagGrid(self.shifts_ns))
         keep_ns = params.window_ns + params.lag_max_ns
         self.leader_ticks = _MidTicks(keep_ns)
         self.target_ticks = _MidTicks(keep_ns)
@@ -167,7 +170,7 @@ class CrossAsset(sigkit.LearnedState):
 
     # -- learned state (checkpoints) -----------------------------------------------------------------
 
-    STATE_EXCLUDE = ("params", "target", "leader", "estimate")  # the estimate is a frozen record: saved apart
+    STATE_EXCLUDE = ("params", "target", "leader", "estimate", "_grid")  # the estimate is a frozen record: saved apart
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -179,6 +182,7 @@ class CrossAsset(sigkit.LearnedState):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
+        self._grid = (self.shifts_ns, LeadLagGrid(self.shifts_ns))
         e = state.get("estimate")
         self.estimate = None if e is None else LeadLagEstimate(
             **{**e, "shifts_ns": tuple(e["shifts_ns"]), "rho": tuple(e["rho"])})
@@ -254,7 +258,11 @@ class CrossAsset(sigkit.LearnedState):
     def _estimate(self, now_ns: int, x_ts: np.ndarray, x: np.ndarray, y_ts: np.ndarray, y: np.ndarray) -> None:
         """HRY on the leader's and the target's mid changes of the window (both paths call this, at the
         same points in event order)."""
-        estimate = estimate_lead_lag(x_ts, np.log(x), y_ts, np.log(y), self.shifts_ns, ts_ns=now_ns)
+        source, grid = self._grid
+        if source is not self.shifts_ns:
+            grid = LeadLagGrid(self.shifts_ns)
+            self._grid = (self.shifts_ns, grid)
+        estimate = estimate_on_grid(grid, x_ts, np.log(x), y_ts, np.log(y), now_ns)
         if estimate is not None:
             self.estimate = estimate
             self.n_estimates += 1
@@ -352,8 +360,7 @@ class CrossAsset(sigkit.LearnedState):
                 break
             kx, ky = int(istate[k.I_SINCE_LEADER]), int(istate[k.I_SINCE_TARGET])
             ln, tn = int(istate[k.I_LEADER_N]), int(istate[k.I_TARGET_N])
-            self._estimate(int(batch.ts[batch.ref[at]]), l_ts[kx:ln].copy(), l_mid[kx:ln].copy(),
-                           t_ts[ky:tn].copy(), t_mid[ky:tn].copy())
+            self._estimate(int(batch.ts[batch.ref[at]]), l_ts[kx:ln], l_mid[kx:ln], t_ts[ky:tn], t_mid[ky:tn])
             e = self.estimate
             if e is not None:
                 istate[k.I_LAG], istate[k.I_HAS_ESTIMATE], fstate[k.F_Z] = e.lag_ns, 1, e.z_score

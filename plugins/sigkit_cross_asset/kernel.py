@@ -7,10 +7,11 @@ force ``keep`` before the latest change stays live), a change is recorded only w
 lookups are ``bisect_right`` from ``start``.  The model sizes the arrays before each call so they hold
 every change the batch can add.
 
-The lead-lag estimate itself (numpy, :func:`sigkit_cross_asset.leadlag.estimate_lead_lag`) is made by
-the model outside the kernel at exactly the point in event order where the per-event path makes it: the
-kernel returns the index of the schedule step that calls for it (with the window's first live change of
-each market), the model estimates on the same arrays, and the kernel resumes at the next step.
+The lead-lag estimate itself (:func:`sigkit_cross_asset.leadlag.estimate_on_grid`: numpy's logs and BLAS
+sums of squares, then one compiled call for the rest) is made by the model outside this kernel at exactly
+the point in event order where the per-event path makes it: the kernel returns the index of the schedule
+step that calls for it (with the window's first live change of each market), the model estimates on the
+same arrays, and the kernel resumes at the next step.
 """
 
 from __future__ import annotations

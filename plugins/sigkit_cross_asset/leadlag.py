@@ -43,7 +43,7 @@ import operator
 import attrs
 import numpy as np
 
-from sigkit import fast
+from sigkit import fast, learn
 
 
 @attrs.frozen
@@ -310,9 +310,118 @@ def hy_shifted_covariance_brute(x_ts, x, y_ts, y, shifts_ns) -> np.ndarray:
     return np.array(out)
 
 
+class LeadLagGrid:
+    """A uniform shift grid prepared once for :func:`estimate_on_grid`: the shifts as an int64 array and as a
+    tuple of ints, its first shift, step and size, the index nearest zero shift, and the index pairs of
+    :func:`lead_lag_ratio` as int64 arrays (built once, not at every estimate)."""
+
+    __slots__ = ("shifts", "shifts_tuple", "first", "step", "last", "n", "zero", "lead_idx", "lag_idx", "compiled")
+
+    def __init__(self, shifts_ns):
+        shifts = np.array(shifts_ns, dtype=np.int64)  # a copy: the caller may change theirs
+        steps = np.diff(shifts)
+        if len(shifts) > 1 and not (steps[0] > 0 and (steps == steps[0]).all()):
+            raise ValueError("the shifts must be an increasing grid with a constant step")
+        self.shifts = shifts
+        self.shifts_tuple = tuple(shifts.tolist())
+        self.n = len(shifts)
+        self.step = int(steps[0]) if len(shifts) > 1 else 1
+        self.first = self.shifts_tuple[0] if self.n else 0
+        self.last = self.first + (self.n - 1) * self.step
+        self.zero = int(np.argmin(np.abs(shifts))) if self.n else 0
+        pairs = _mirror_pairs(self.shifts_tuple)
+        if pairs is None:
+            self.lead_idx = self.lag_idx = np.zeros(0, dtype=np.int64)
+        else:
+            where = {s: k for k, s in enumerate(self.shifts_tuple)}
+            lead = [(where[s], where[-s]) for s in self.shifts_tuple if s > 0 and -s in where]
+            self.lead_idx = np.array([a for a, _ in lead], dtype=np.int64)
+            self.lag_idx = np.array([b for _, b in lead], dtype=np.int64)
+        # The compiled path needs a nonempty grid whose ends and step fit int64 (else: the numpy reference,
+        # with its own errors).
+        self.compiled = self.n >= 1 and all(-2 ** 63 <= s < 2 ** 63 for s in (self.first, self.last, self.step))
+
+
+@fast.kernel
+def _ratio_numbers(rho, lead_idx, lag_idx):
+    """:func:`_ratio_of_squares` compiled: C ``pow(ρ, 2)`` squares, plain left-to-right sums from 0.0."""
+    if lead_idx.size == 0:
+        return np.nan
+    lead = 0.0
+    for k in range(lead_idx.size):
+        lead += learn.power(rho[lead_idx[k]], 2.0)
+    lag = 0.0
+    for k in range(lag_idx.size):
+        lag += learn.power(rho[lag_idx[k]], 2.0)
+    return lead / lag if lag > 0 else np.inf
+
+
+@fast.kernel
+def _lead_lag_numbers(x_ts, x, y_ts, y, first_shift_ns, last_shift_ns, step_ns, n_shifts, norm, lead_idx,
+                      lag_idx):
+    """The numeric part of one estimate in one call: ``U`` and ``V`` on the grid (:func:`_hy_grid_sums`),
+    ``ρ = U / norm``, whether some ``|U| > norm`` (then the caller redoes ``ρ`` with the Cauchy-Schwarz bound),
+    the first index of the largest ``|U|`` (``np.argmax``: a NaN counts as the largest), the z-score there and
+    the lead/lag ratio of ``ρ``.  Each value is computed as the numpy reference does, to the bit."""
+    u, v = _hy_grid_sums(x_ts, x, y_ts, y, first_shift_ns, last_shift_ns, step_ns, n_shifts, True)
+    rho = np.empty(n_shifts)
+    over = False
+    for k in range(n_shifts):
+        if abs(u[k]) > norm:
+            over = True
+        rho[k] = u[k] / norm
+    best = 0
+    top = abs(u[0])
+    if not np.isnan(top):
+        for k in range(1, n_shifts):
+            a = abs(u[k])
+            if np.isnan(a):
+                best = k
+                break
+            if a > top:
+                best, top = k, a
+    z = u[best] / np.sqrt(v[best]) if v[best] > 0 else 0.0
+    return u, rho, over, best, z, _ratio_numbers(rho, lead_idx, lag_idx)
+
+
+def estimate_on_grid(grid: LeadLagGrid, x_ts: np.ndarray, x: np.ndarray, y_ts: np.ndarray, y: np.ndarray,
+                     ts_ns: int | None = None) -> LeadLagEstimate | None:
+    """:func:`estimate_lead_lag` on a prepared grid, with times as int64 arrays and levels as float arrays:
+    one compiled call (:func:`_lead_lag_numbers`) besides numpy's (BLAS) sums of squared increments, whose
+    order of summation a loop would not reproduce.  Bit for bit :func:`_estimate_lead_lag_numpy`."""
+    if not grid.compiled:
+        return _estimate_lead_lag_numpy(x_ts, x, y_ts, y, grid.shifts, ts_ns=ts_ns)
+    dx, dy = x[1:] - x[:-1], y[1:] - y[:-1]  # np.diff
+    norm = float(np.sqrt((dx @ dx) * (dy @ dy)))
+    if not norm > 0:
+        return None
+    u, rho, over, best, z, ratio = _lead_lag_numbers(x_ts, x, y_ts, y, grid.first, grid.last, grid.step, grid.n,
+                                                     norm, grid.lead_idx, grid.lag_idx)
+    if over:  # rare: ρ over the Cauchy-Schwarz bound where |U| > norm (numpy, as the reference)
+        mask = np.abs(u) > norm
+        denominator = np.full(len(u), norm)
+        denominator[mask] = np.maximum(cauchy_schwarz_bound(x_ts, x, y_ts, y, grid.shifts[mask]), np.abs(u[mask]))
+        rho = u / denominator
+        ratio = _ratio_numbers(rho, grid.lead_idx, grid.lag_idx)
+    rho_list = rho.tolist()
+    shifts = grid.shifts_tuple
+    return LeadLagEstimate(
+        lag_ns=shifts[best], correlation=rho_list[best], correlation_at_zero=rho_list[grid.zero],
+        lead_lag_ratio=ratio, z_score=z, n_leader=len(dx), n_follower=len(dy), ts_ns=ts_ns, shifts_ns=shifts,
+        rho=tuple(rho_list))
+
+
 def estimate_lead_lag(x_ts, x, y_ts, y, shifts_ns, *, ts_ns: int | None = None) -> LeadLagEstimate | None:
     """The HRY estimate of how far ``x`` leads ``y`` over the uniform grid ``shifts_ns`` (e.g. from
-    :func:`shift_grid`); None when either series has no nonzero increment."""
+    :func:`shift_grid`); None when either series has no nonzero increment.  (A model estimating again and
+    again on one grid prepares it once, :class:`LeadLagGrid`, and calls :func:`estimate_on_grid`.)"""
+    grid = LeadLagGrid(shifts_ns)
+    return estimate_on_grid(grid, np.asarray(x_ts, dtype=np.int64), np.asarray(x, dtype=float),
+                            np.asarray(y_ts, dtype=np.int64), np.asarray(y, dtype=float), ts_ns)
+
+
+def _estimate_lead_lag_numpy(x_ts, x, y_ts, y, shifts_ns, *, ts_ns: int | None = None) -> LeadLagEstimate | None:
+    """The numpy reference of :func:`estimate_lead_lag` (tests check the compiled path against it bit for bit)."""
     shifts = np.asarray(shifts_ns, dtype=np.int64)
     steps = np.diff(shifts)
     if len(shifts) > 1 and not (steps[0] > 0 and (steps == steps[0]).all()):
