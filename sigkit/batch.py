@@ -177,6 +177,23 @@ class Batch:
                      columns=self._columns)
 
 
+def slot_put(owner, fill: int) -> int:
+    """Claim the :class:`FillSlots` row of ``fill`` (at its query); returns the row to write."""
+    slot = fill % owner.size
+    owner[slot] = fill
+    return slot
+
+
+def slot_take(owner, fill: int) -> int:
+    """Release the row of ``fill`` (at its outcome) and return it, or -1 if nothing was kept for it (e.g.
+    the fill was asked before the model was restored from another path's checkpoint)."""
+    slot = fill % owner.size
+    if owner[slot] != fill:
+        return -1
+    owner[slot] = -1
+    return slot
+
+
 class BatchPredictions:
     """What ``on_batch`` returns: ``p``, ``confidence`` and ``cost_bps``, one value per query (float64)."""
 
@@ -191,7 +208,8 @@ class FillSlots:
     until that fill's outcome.  ``values[slot]`` rows of ``width`` floats; ``owner[slot]`` is the fill index
     held there (-1: free).  A fill's slot is ``fill % capacity``; :meth:`ensure` grows the table (keeping
     every entry) before a batch whose fills would collide with ones still pending, so a kernel never has
-    to check.  Kernels read it through ``slot_put``/``slot_take`` patterns on the two arrays.
+    to check.  Kernels claim and release rows with :func:`slot_put` and :func:`slot_take` (compiled as
+    ``sigkit.fast.slot_put`` / ``slot_take``) on ``owner`` and read and write ``values`` themselves.
     """
 
     def __init__(self, width: int, capacity: int = 1024):

@@ -30,7 +30,7 @@ from llvmlite import binding as _llvm
 from numba.core import types as _types
 from numba.extending import overload as _overload, register_jitable as _register_jitable
 
-from sigkit import learn
+from sigkit import batch, learn
 
 _CORE_FORMULAS = tuple(str(Path(__file__).with_name(name)) for name in ("learn.py", "fast.py", "batch.py"))
 
@@ -87,7 +87,7 @@ _install_locators()
 
 __all__ = ["kernel", "twin", "sigmoid", "logit", "logistic_decision", "logistic_step", "base_rate_value",
            "expected_cost", "evidence_confidence", "solve_spd", "newton_decision", "newton_step", "regime_decay",
-           "regime_observe", "regime_span", "regime_state"]
+           "regime_observe", "regime_span", "regime_state", "slot_put", "slot_take"]
 
 
 def kernel(fn):
@@ -139,3 +139,5 @@ regime_decay = twin(learn.regime_decay)
 regime_observe = twin(learn.regime_observe)
 regime_span = twin(learn.regime_span)
 regime_state = twin(learn.regime_state)
+slot_put = twin(batch.slot_put)
+slot_take = twin(batch.slot_take)

@@ -196,7 +196,6 @@ def _flow_kernel(op, ref, kind, market, ts, side, size, q_ts, q_side, q_fill, o_
     """Flow over a batch.  ``state`` = signed, volume, intercept, base rate (adverse, total), cost sums;
     ``counts`` = base-rate outcomes, cost counts, base-rate last time, fit updates, last decay time."""
     x = np.empty(2)
-    cap = slot_owner.size
     for i in range(op.size):
         step = op[i]
         if step == EVENT:
@@ -212,8 +211,7 @@ def _flow_kernel(op, ref, kind, market, ts, side, size, q_ts, q_side, q_fill, o_
             x[0] = -q_side[q] * imbalance
             x[1] = abs(imbalance)
             offset = fast.logit(fast.base_rate_value(state[3], state[4], 1.0, 2.0))
-            slot = q_fill[q] % cap
-            slot_owner[slot] = q_fill[q]
+            slot = fast.slot_put(slot_owner, q_fill[q])
             slot_x[slot, 0] = x[0]
             slot_x[slot, 1] = x[1]
             slot_x[slot, 2] = offset
@@ -223,9 +221,8 @@ def _flow_kernel(op, ref, kind, market, ts, side, size, q_ts, q_side, q_fill, o_
             out[2, q] = fast.expected_cost(p, state[5], counts[1], state[6], counts[2])
         elif step == OUTCOME:
             o = ref[i]
-            slot = o_fill[o] % cap
-            if slot_owner[slot] == o_fill[o]:
-                slot_owner[slot] = -1
+            slot = fast.slot_take(slot_owner, o_fill[o])
+            if slot >= 0:
                 x[0] = slot_x[slot, 0]
                 x[1] = slot_x[slot, 1]
                 offset = slot_x[slot, 2]

@@ -211,7 +211,6 @@ def stacking_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_f
     tmp = np.empty(n)
     step = np.empty(n)
     equal = np.full(k, 1.0 / k)
-    cap = slot_owner.size
     for i in range(op.size):
         s = op[i]
         if s == EVENT:
@@ -229,8 +228,7 @@ def stacking_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_f
                 if excess:
                     x[j] = x[j] - offset
             stacked = fast.sigmoid(_newton_decision(theta[state], x, offset))
-            slot = q_fill[q] % cap
-            slot_owner[slot] = q_fill[q]
+            slot = fast.slot_put(slot_owner, q_fill[q])
             slot_v[slot, 0] = state
             slot_v[slot, 1] = offset
             slot_v[slot, 2] = stacked
@@ -249,9 +247,8 @@ def stacking_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_f
             o = ref[i]
             adverse = o_adverse[o] == 1.0
             y = 1.0 if adverse else 0.0
-            slot = o_fill[o] % cap
-            if slot_owner[slot] == o_fill[o]:
-                slot_owner[slot] = -1
+            slot = fast.slot_take(slot_owner, o_fill[o])
+            if slot >= 0:
                 state = int(slot_v[slot, 0])
                 offset = slot_v[slot, 1]
                 stacked = slot_v[slot, 2]
@@ -278,7 +275,6 @@ def hedge_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_fill
     k = mp.shape[1]
     losses = np.empty(k)
     pm = np.empty(k)
-    cap = slot_owner.size
     for i in range(op.size):
         s = op[i]
         if s == EVENT:
@@ -288,8 +284,7 @@ def hedge_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_fill
         elif s == QUERY:
             q = ref[i]
             state = _tracker_state(tf, ti, rates, ratio, dims, q_ts[q]) if tracked else 0
-            slot = q_fill[q] % cap
-            slot_owner[slot] = q_fill[q]
+            slot = fast.slot_put(slot_owner, q_fill[q])
             slot_v[slot, 0] = state
             for j in range(k):
                 slot_v[slot, 1 + j] = mp[q, j]
@@ -299,9 +294,8 @@ def hedge_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_fill
             out[2, q] = _pooled_cost(weights, mk[q])
         elif s == OUTCOME:
             o = ref[i]
-            slot = o_fill[o] % cap
-            if slot_owner[slot] == o_fill[o]:
-                slot_owner[slot] = -1
+            slot = fast.slot_take(slot_owner, o_fill[o])
+            if slot >= 0:
                 state = int(slot_v[slot, 0])
                 for j in range(k):
                     pm[j] = slot_v[slot, 1 + j]

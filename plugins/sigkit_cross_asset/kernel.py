@@ -111,7 +111,6 @@ def cross_asset_kernel(begin, op, ref, kind, market, ts, bid_px, ask_px, q_ts, q
     min_z, lr, l2, intercept_lr, evidence = fparams[0], fparams[1], fparams[2], fparams[3], fparams[4]
     nf = weights.size
     x = np.zeros(nf)
-    cap = slot_owner.size
     for i in range(begin, op.size):
         step = op[i]
         if step == EVENT:
@@ -169,8 +168,7 @@ def cross_asset_kernel(begin, op, ref, kind, market, ts, bid_px, ask_px, q_ts, q
                     leader_move, target_move, a, istate[I_MOVES], fstate[F_MOVE_SQ], fstate[F_MEAN_SIZE], x)
                 istate[I_MOVES] = n_moves
                 offset = fast.logit(p_rate)
-                slot = q_fill[q] % cap
-                slot_owner[slot] = q_fill[q]
+                slot = fast.slot_put(slot_owner, q_fill[q])
                 for k in range(nf):
                     slot_x[slot, k] = x[k]
                 slot_x[slot, nf] = offset
@@ -186,9 +184,8 @@ def cross_asset_kernel(begin, op, ref, kind, market, ts, bid_px, ask_px, q_ts, q
         elif step == OUTCOME:
             o = ref[i]
             adverse = o_adverse[o]
-            slot = o_fill[o] % cap
-            if slot_owner[slot] == o_fill[o]:
-                slot_owner[slot] = -1
+            slot = fast.slot_take(slot_owner, o_fill[o])
+            if slot >= 0:
                 for k in range(nf):
                     x[k] = slot_x[slot, k]
                 offset = slot_x[slot, nf]

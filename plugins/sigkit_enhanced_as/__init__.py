@@ -525,7 +525,6 @@ def _enhanced_as_kernel(op, ref, kind, market, ts, side, size, bid_px, bid_sz, a
     x = np.empty(nf)
     flow_signs = np.zeros(n_scales, dtype=np.int64)
     mom_signs = np.zeros(n_scales, dtype=np.int64)
-    cap = slot_owner.size
     for i in range(op.size):
         step = op[i]
         if step == EVENT:
@@ -580,8 +579,7 @@ def _enhanced_as_kernel(op, ref, kind, market, ts, side, size, bid_px, bid_sz, a
             _standardise(mean, var, counts[_C_STD_N], std_floor, clip, raw, x)
             offset = fast.logit(fast.base_rate_value(state[_S_ADVERSE], state[_S_TOTAL], prior_adverse, prior_total))
             u = fast.logistic_decision(weights, state[_S_INTERCEPT], x, 0.0)
-            slot = q_fill[q] % cap
-            slot_owner[slot] = q_fill[q]
+            slot = fast.slot_put(slot_owner, q_fill[q])
             for j in range(nf):
                 slot_v[slot, j] = x[j]
             slot_v[slot, nf] = offset
@@ -595,9 +593,8 @@ def _enhanced_as_kernel(op, ref, kind, market, ts, side, size, bid_px, bid_sz, a
             o = ref[i]
             adverse = o_adverse[o] == 1.0
             y = 1.0 if adverse else 0.0
-            slot = o_fill[o] % cap
-            if slot_owner[slot] == o_fill[o]:
-                slot_owner[slot] = -1
+            slot = fast.slot_take(slot_owner, o_fill[o])
+            if slot >= 0:
                 for j in range(nf):
                     x[j] = slot_v[slot, j]
                 offset = slot_v[slot, nf]

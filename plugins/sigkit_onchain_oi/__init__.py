@@ -597,7 +597,6 @@ def _onchain_oi_kernel(start, op, ref, kind, market, ts, bid_px, ask_px, open_in
     z = np.empty(n)
     oi_rates = np.empty(n_oi)
     cap = ring_ts.size
-    slots = slot_owner.size
     for i in range(start, op.size):
         step = op[i]
         if step == EVENT:
@@ -686,8 +685,7 @@ def _onchain_oi_kernel(start, op, ref, kind, market, ts, bid_px, ask_px, open_in
             _standardise(x, z, mean, var, istate[8], standardise_window, clip)
             offset = fast.logit(fast.base_rate_value(fstate[9], fstate[10], prior_adverse, prior_total))
             s = _score_of(averaged if average_window else weights, z)
-            slot = q_fill[q] % slots
-            slot_owner[slot] = q_fill[q]
+            slot = fast.slot_put(slot_owner, q_fill[q])
             for j in range(n):
                 slot_values[slot, j] = z[j]
             slot_values[slot, n] = offset
@@ -699,9 +697,8 @@ def _onchain_oi_kernel(start, op, ref, kind, market, ts, bid_px, ask_px, open_in
         elif step == OUTCOME:
             o = ref[i]
             y = o_adverse[o]
-            slot = o_fill[o] % slots
-            if slot_owner[slot] == o_fill[o]:
-                slot_owner[slot] = -1
+            slot = fast.slot_take(slot_owner, o_fill[o])
+            if slot >= 0:
                 for j in range(n):
                     z[j] = slot_values[slot, j]
                 offset = slot_values[slot, n]

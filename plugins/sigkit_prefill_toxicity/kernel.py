@@ -100,7 +100,6 @@ def prefill_kernel(op, ref, kind, market, ts, side, size, bid_px, ask_px, q_ts, 
     x = np.empty(k)
     z = np.empty(1)
     partials = np.empty(ring.size)
-    cap = slot_owner.size
     for i in range(op.size):
         step = op[i]
         if step == EVENT:
@@ -159,8 +158,7 @@ def prefill_kernel(op, ref, kind, market, ts, side, size, bid_px, ask_px, q_ts, 
             offset = fast.logit(fast.base_rate_value(fs[F_ADVERSE], fs[F_TOTAL], fp[P_PRIOR_ADVERSE],
                                                      fp[P_PRIOR_TOTAL]))
             score = fast.logistic_decision(weights, fs[F_INTERCEPT], x, 0.0)
-            slot = q_fill[q] % cap
-            slot_owner[slot] = q_fill[q]
+            slot = fast.slot_put(slot_owner, q_fill[q])
             for j in range(k):
                 slot_v[slot, j] = x[j]
             slot_v[slot, k] = score
@@ -173,9 +171,8 @@ def prefill_kernel(op, ref, kind, market, ts, side, size, bid_px, ask_px, q_ts, 
         else:  # OUTCOME
             o = ref[i]
             y = 1.0 if o_adverse[o] == 1.0 else 0.0
-            slot = o_fill[o] % cap
-            if slot_owner[slot] == o_fill[o]:
-                slot_owner[slot] = -1
+            slot = fast.slot_take(slot_owner, o_fill[o])
+            if slot >= 0:
                 for j in range(k):
                     x[j] = slot_v[slot, j]
                 z[0] = slot_v[slot, k]
