@@ -561,10 +561,6 @@ class _State:
         self.fills = _Columns(len(self.horizons), len(replay.model_ids), len(replay.ensembles), replay.spill_rows)
         self.fills.derive = self._derived
 
-    @property
-    def reference_rate(self) -> float:
-        return (self.ref_adverse + 1.0) / (self.ref_total + 2.0)
-
     # -- per piece ------------------------------------------------------------------------------------
 
     def process(self, chunk: np.ndarray) -> None:
@@ -659,6 +655,9 @@ class _State:
             done, group, self.pending[hi] = cand[:k], group[:k], cand[k:]
             mid = mid_before_group[group]
             valid = mid == mid  # no target book yet: no markout at this horizon
+            if hi == self.primary and self.fill_objects and not valid.all():
+                for never in done[~valid].tolist():  # never labelled: no per-event hook will hear of it
+                    self.fill_objects.pop(never, None)
             done, group, mid = done[valid], group[valid], mid[valid]
             side = f["side"][done - b]
             price = f["price"][done - b]
