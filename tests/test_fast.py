@@ -4,6 +4,7 @@ real recording."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -407,3 +408,23 @@ def test_a_checkpoint_resumes_only_on_the_path_it_was_taken_on(tmp_path):
     with pytest.raises(CheckpointError, match="'flow' ran on its batch path .*resume without --per-event"):
         replay("per-event").run(resume_from=tmp_path / "c.npz")
     assert len(replay("batch").run(resume_from=tmp_path / "c.npz").predictions["flow"]["p"]) > 100
+
+
+def test_a_run_whose_fills_went_to_disk_writes_the_same_report_and_predictions(tmp_path):
+    from sigkit.report import build_report, plugins_used, write_outputs
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", build_registry())
+    outputs = []
+    for spill_rows in (1 << 30, 300):
+        replay = replay_from_recipe(recipe)
+        replay.spill_rows = spill_rows
+        result = replay.run()
+        assert isinstance(result.fills["ts_ns"], np.memmap) == (spill_rows == 300)
+        report = build_report(result, recipe, sources=replay.describe_sources(), plugins=plugins_used(recipe),
+                              version="test", n_boot=50)
+        report.pop("timing")
+        out = tmp_path / str(spill_rows)
+        write_outputs(out, report, result)
+        outputs.append(((out / "predictions.csv").read_bytes(), json.loads((out / "report.json").read_text())))
+    assert outputs[0][0] == outputs[1][0]
+    assert outputs[0][1] == outputs[1][1]
