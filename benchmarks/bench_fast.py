@@ -236,10 +236,11 @@ def main() -> None:
     parser.add_argument("--duration", default="24h", help="simulated span, with a unit")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--trade-rate", type=float, default=8.0,
-                        help="target trades per second of the simulated market (the quickstart's world has 8, "
-                             "1.7 million events a day; 200 makes about 22 million; the simulator, which computes "
-                             "every fill's exact truth, makes about 23k events/s, so such a day takes a quarter "
-                             "of an hour to make, once)")
+                        help="target trades per second of the simulated market (the quickstart's world has 8: "
+                             "1.7 million events a day; 40 gives about 100,000 events per 30 minutes).  The "
+                             "simulator computes every fill's exact truth at about 10-25k events/s, and at high "
+                             "rates over long spans its price can drift to zero and stop it (seen at 200/s after "
+                             "about 6 million events)")
     parser.add_argument("--per-event-limit", default=None,
                         help="run the per-event path on this much of the data only (it is the slow one)")
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "sigkit" / "bench")
