@@ -573,12 +573,13 @@ def test_compiled_square_root_is_pythons_pow():
     # numba compiles ``v ** 0.5`` to sqrt, which differs from the C pow Python calls in the last bit now
     # and then; the features' twin calls pow itself, so the two paths agree to the bit.
     import numba
+    from sigkit.learn import power
     from sigkit_cross_asset.kernel import squash_features as compiled
-    from sigkit_cross_asset.leadlag import pow_half, squash_features
+    from sigkit_cross_asset.leadlag import squash_features
 
     values = np.exp(np.random.default_rng(0).uniform(-20, 20, 20000))
-    twin = numba.njit(lambda v: pow_half(v))  # compiled code calling pow_half gets the C pow
-    assert [twin(v) for v in values.tolist()] == [pow_half(v) for v in values.tolist()]
+    twin = numba.njit(lambda v: power(v, 0.5))  # compiled code calling sigkit.learn.power gets the C pow
+    assert [twin(v) for v in values.tolist()] == [v ** 0.5 for v in values.tolist()]
     for move in values[:2000].tolist():
         x, y = [0.0, 0.0, 0.0], np.zeros(3)
         assert squash_features(move, -move, -1, 3, 1.5, 0.2, x) == compiled(move, -move, -1, 3, 1.5, 0.2, y)

@@ -17,32 +17,10 @@ same arrays, and the kernel resumes at the next step.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic, overload
 
 from sigkit import fast
 from sigkit.batch import BOOK, EVENT, OUTCOME, QUERY
 from sigkit_cross_asset import leadlag
-
-
-@intrinsic
-def _libm_pow(typingctx, base, exponent):
-    """The C library's ``pow`` itself (what Python's ``**`` calls), not LLVM's intrinsic, which folds
-    ``pow(x, 0.5)`` into ``sqrt``."""
-    sig = types.float64(types.float64, types.float64)
-
-    def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.DoubleType(), [ir.DoubleType(), ir.DoubleType()])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "pow")
-        return builder.call(fn, args)
-
-    return sig, codegen
-
-
-@overload(leadlag.pow_half)
-def _pow_half_compiled(value):
-    return lambda value: _libm_pow(value, 0.5)
 
 
 leader_step_mean = fast.twin(leadlag.leader_step_mean)

@@ -516,13 +516,6 @@ def _lead_lag_ratio_python(shifts_ns, rho) -> float:
 # per-event methods call them as they are, and its batch kernel (sigkit_cross_asset.kernel) calls their
 # compiled twins (sigkit.fast.twin), so both paths share one source.
 
-def pow_half(value: float) -> float:
-    """``value ** 0.5`` as Python computes it (the C library's ``pow``).  The compiled twin calls the same
-    C function (see ``sigkit_cross_asset.kernel``): numba would otherwise turn ``** 0.5`` into ``sqrt``,
-    which differs from ``pow`` in the last bit now and then."""
-    return value ** 0.5
-
-
 def leader_step_mean(mean_bps: float, previous: float, mid: float, n_steps: int) -> float:
     """The running mean |leader mid change| (bps) after its ``n_steps``-th change, ``previous -> mid``."""
     return mean_bps + (abs(mid / previous - 1.0) * 1e4 - mean_bps) / n_steps
@@ -545,7 +538,7 @@ def squash_features(leader_move: float, target_move: float, a: float, n_moves: i
         for i in range(len(x)):
             x[i] = 0.0
         return n_moves, move_sq_bps2, mean_size
-    scale = pow_half(move_sq_bps2)
+    scale = learn.power(move_sq_bps2, 0.5)  # Python's ** (C pow), also when compiled, not sqrt
     size = math.tanh(abs(leader_move) / scale)
     mean_size += (size - mean_size) / n_moves
     x[0] = a * math.copysign(size, leader_move)
