@@ -93,7 +93,8 @@ def register_combiners(register: Callable) -> None:
 
 
 class ModelHooks:
-    """The methods a model instance may implement.  Only ``predict`` is required.
+    """The methods a model instance may implement.  ``predict`` is required (or, for a batch-only model,
+    ``on_batch``).
 
     Every market event of every source reaches the model in event-time order, whatever its venue or
     symbol; the model filters what it needs (``context.target`` names the market whose fills are scored).
@@ -156,7 +157,7 @@ class ModelHooks:
 
 
 class CombinerHooks:
-    """The methods of an ensemble combiner instance.  ``combine`` is required.
+    """The methods of an ensemble combiner instance.  ``combine`` is required (or, batch-only, ``on_batch``).
 
     A combiner may also follow the market, e.g. to weight members by regime: it receives every event
     through the same ``on_trade``, ``on_book_update`` and ``on_market_stat`` as a model, after the models.
