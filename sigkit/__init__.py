@@ -37,17 +37,19 @@ def __getattr__(name: str):
     # are built from: docs/data.md), `sigkit.sim`, `sigkit.native`.
     import importlib
 
-    if name in ("sim", "native", "live", "feeds", "csvblocks"):
+    if name in ("sim", "native", "live", "feeds", "csvblocks", "features"):
         return importlib.import_module(f"sigkit.{name}")
+    if name in ("Pyramid", "PyramidState", "FeatureSet"):  # shared features (they compile with numba)
+        return getattr(importlib.import_module("sigkit.features"), name)
     if name == "merge_chunks":  # the one causal merge of sorted chunk streams (readers of several files use it)
         return importlib.import_module("sigkit.engine").merge_chunks
     raise AttributeError(f"module 'sigkit' has no attribute {name!r}")
 
 __all__ = [
     "PLUGIN_API_VERSION", "REGIME_DIMENSIONS", "ASK", "BID", "BOOK", "BUY", "DEPTH_LEVELS", "EVENT_DTYPE", "FILL", "SELL", "STAT",
-    "TRADE", "Batch", "BatchPredictions", "BookUpdate", "CombinerSpec", "ConditionalCost", "DataError", "DurationError", "FillQuery", "FillSlots",
+    "TRADE", "Batch", "BatchPredictions", "BookUpdate", "CombinerSpec", "ConditionalCost", "DataError", "DurationError", "FeatureSet", "FillQuery", "FillSlots",
     "LearnedState", "Market", "MarketCodes", "NewtonLogistic", "MarketStat", "ModelError", "ModelSpec", "OnlineLogistic", "Outcome", "PendingFills", "PluginError",
-    "Prediction", "RecipeError", "RegimeTracker", "RunContext", "RunningBaseRate", "SigkitError", "SourceSpec", "Trade",
+    "Prediction", "Pyramid", "PyramidState", "RecipeError", "RegimeTracker", "RunContext", "RunningBaseRate", "SigkitError", "SourceSpec", "Trade",
     "duration", "empty_chunk", "evidence_confidence", "format_duration", "hookimpl", "label_outcome",
     "logit", "markout_bps", "new_rows", "param", "parse_duration", "path", "row_to_record", "sigmoid",
 ]

@@ -119,7 +119,7 @@ class Batch:
     __slots__ = ("op", "ref", "events", "market", "kind", "ts", "q_ts", "q_market", "q_side", "q_price",
                  "q_size", "q_fill", "o_fill", "o_ts", "o_market", "o_side", "o_price", "o_size", "o_mid",
                  "o_markout_bps", "o_adverse", "o_realized_bps", "horizon_ns", "markets", "target", "oldest_pending",
-                 "_columns")
+                 "_columns", "_features")
 
     def __init__(self, *, op, ref, events, market, q, o, horizon_ns: int, markets: MarketCodes, target: int,
                  oldest_pending: int, columns: dict | None = None):
@@ -128,6 +128,7 @@ class Batch:
         self.events = events
         self.market = market
         self._columns = {} if columns is None else columns
+        self._features: dict[int, np.ndarray] = {}  # id(feature state) -> its rows at this batch's queries
         self.kind = self.column("kind")
         self.ts = self.column("ts_ns")
         self.q_ts, self.q_market, self.q_side, self.q_price, self.q_size, self.q_fill = q
@@ -157,6 +158,20 @@ class Batch:
                 raise KeyError(f"no event column {name!r}; columns: {', '.join(EVENT_DTYPE.names)}")
             col = self._columns[name] = np.ascontiguousarray(self.events[name])
         return col
+
+    def feature(self, state) -> np.ndarray:
+        """The values of a shared feature (:mod:`sigkit.features`; ``state`` is what ``context.feature(spec)``
+        returned) at each query of this batch, one row per query.  Computed over the batch's events the first
+        time any model asks, then shared by every model that reads it."""
+        rows = self._features.get(id(state))
+        if rows is None:
+            rows = self._features[id(state)] = state.rows(self)
+        return rows
+
+    def precompute(self, state, rows: np.ndarray) -> None:
+        """Give the batch a feature's rows computed elsewhere (the engine does, on a copy of the state, when a
+        per-event model steps the live one)."""
+        self._features[id(state)] = rows
 
     def steps(self, lo: int, hi: int) -> "Batch":
         """The same piece cut to schedule steps ``[lo, hi)`` (queries and outcomes renumbered from 0)."""

@@ -38,6 +38,15 @@ class RunContext:
     members: tuple[str, ...] = ()  # for a combiner: the ids of the models it pools, in order
     base_dir: Path = attrs.field(factory=Path.cwd)
     on_bad_line: str = "stop"  # sources: "stop" at the first bad data line, or "skip" and count it
+    # The run's shared features (sigkit.features): every instance built for one run gets the same set.
+    features: "sigkit.features.FeatureSet" = attrs.field(  # noqa: F821
+        factory=lambda: _feature_set(), eq=False, repr=False)
+
+    def feature(self, spec):
+        """Declare a shared feature this instance reads (e.g. :class:`sigkit.Pyramid`) and get its live state:
+        the same object for every instance of the run that declares an equal spec, computed once
+        (:mod:`sigkit.features`)."""
+        return self.features.get(spec)
 
     def rng(self) -> np.random.Generator:
         """A generator seeded from the run seed and this instance's id: reproducible and independent."""
@@ -46,3 +55,9 @@ class RunContext:
     def resolve(self, path: str | Path) -> Path:
         path = Path(path).expanduser()
         return path if path.is_absolute() else self.base_dir / path
+
+
+def _feature_set():
+    from sigkit.features import FeatureSet
+
+    return FeatureSet()

@@ -22,6 +22,7 @@ Ordering rules (what "causal" means here, and what the no-look-ahead tests check
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -543,6 +544,11 @@ class _State:
                                  replay.ensembles[e][1].get("record_outcome"), replay.ensembles[e][2])
                                 for e in event_ens]
         self.per_event = bool(self.event_models or self.event_ensembles)
+        # A shared feature read on both paths: the batch readers' rows are computed on a copy of its state, the
+        # per-event readers step the live one (sigkit.features).
+        self.copied_features = _features_on_both_paths(
+            [replay._instances[replay.model_ids[m]] for m, _ in self.batch_models],
+            [replay._instances[replay.model_ids[m]] for m in self.event_models])
         self.wants_fill_objects = bool(self.outcome_handlers or any(r for _, _, _, r, _ in self.event_ensembles))
         self.horizons = self.labelling.all_horizons_ns
         self.primary = self.horizons.index(self.labelling.horizon_ns)
@@ -730,6 +736,8 @@ class _State:
         f = self.fills
         q_fill = batch.q_fill - f.base  # rows in memory
         replay = self.replay
+        for state in self.copied_features:
+            batch.precompute(state, state.copy().rows(batch))
         for m, on_batch in self.batch_models:
             model_id = replay.model_ids[m]
             if model_id in self.dropped:
@@ -1121,6 +1129,16 @@ def _check_prediction(pred: Any, who: str) -> None:
         raise ModelError(f"{who} predicted p_adverse={pred.p_adverse!r}; it must be a probability in [0, 1]")
     if not 0.0 <= pred.confidence <= 1.0:
         raise ModelError(f"{who} gave confidence={pred.confidence!r}; it must be in [0, 1]")
+
+
+def _features_on_both_paths(batch_instances: list, event_instances: list) -> list:
+    """The shared feature states (:mod:`sigkit.features`) held by a batch-path and by a per-event-path model."""
+    features = sys.modules.get("sigkit.features")
+    if features is None or not batch_instances or not event_instances:
+        return []  # (no model can hold one unless the module was imported)
+    on_batch = {id(s): s for i in batch_instances for s in features.shared_states(i)}
+    on_event = {id(s) for i in event_instances for s in features.shared_states(i)}
+    return [s for k, s in on_batch.items() if k in on_event]
 
 
 def replay_from_recipe(recipe, *, sources: Sequence[tuple[str, Any]] | None = None, cache_dir=None,

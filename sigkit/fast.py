@@ -32,7 +32,8 @@ from numba.extending import overload as _overload, register_jitable as _register
 
 from sigkit import batch, learn
 
-_CORE_FORMULAS = tuple(str(Path(__file__).with_name(name)) for name in ("learn.py", "fast.py", "batch.py"))
+_CORE_FORMULAS = tuple(str(Path(__file__).with_name(name)) for name in ("learn.py", "fast.py", "batch.py",
+                                                                          "features.py"))
 
 
 @functools.lru_cache(maxsize=None)

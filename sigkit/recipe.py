@@ -95,10 +95,13 @@ class Recipe:
     on_error: str = "stop"  # or "drop": a model that raises is dropped, recorded, and the run goes on
     on_bad_line: str = "stop"  # or "skip": sources count and skip bad data lines (``--on-bad-line``)
 
-    def context(self, instance_id: str = "", members: tuple[str, ...] = ()) -> RunContext:
+    def context(self, instance_id: str = "", members: tuple[str, ...] = (), features=None) -> RunContext:
+        """The context of one instance; instances built for one run share ``features`` (a
+        :class:`sigkit.FeatureSet`; a new one if None)."""
+        extra = {} if features is None else {"features": features}
         return RunContext(target=self.target, horizon_ns=self.horizon_ns, threshold_bps=self.threshold_bps,
                           seed=self.seed, instance_id=instance_id, members=members, base_dir=self.path.parent,
-                          on_bad_line=self.on_bad_line)
+                          on_bad_line=self.on_bad_line, **extra)
 
 
 class _Reader:
@@ -420,10 +423,14 @@ class Instances:
 
 def instantiate(recipe: Recipe, *, sources: bool = True) -> Instances:
     """Build the source, model and combiner objects a recipe names (``sources=False``: no sources, for a
-    run fed another way, e.g. live)."""
+    run fed another way, e.g. live).  Every instance shares one set of features (:mod:`sigkit.features`)."""
+    from sigkit.context import _feature_set
+
+    features = _feature_set()
+
     def build(spec, params, instance_id: str, what: str, members: tuple[str, ...] = (), where=None):
         try:
-            return spec.factory(params, recipe.context(instance_id, members))
+            return spec.factory(params, recipe.context(instance_id, members, features))
         except SigkitError as err:
             line, column = where or (None, None)
             raise type(err)(f"{what}: {err.message}", path=str(recipe.path), line=line, column=column,

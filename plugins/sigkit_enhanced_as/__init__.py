@@ -1,10 +1,12 @@
 """EnhancedAS: public-microstructure features of the target market at several timescales, fed to an online
 logistic model with online Platt calibration, to predict whether a fill is adverse.
 
-Everything is computed from the target market's own trades and top of book (``on_trade`` and
-``on_book_update``); events of other markets are ignored.
+Everything is computed from the target market's own trades and top of book; events of other markets are
+ignored.  The model reads them through the target's **pyramid** (:class:`sigkit.Pyramid`,
+:mod:`sigkit.features`), a shared feature it declares when built: another model of the run that declares the
+same pyramid (an A/B variant with other learning rates, say) reads the same one, computed once per event.
 
-**Event-time averages.**  Events arrive at irregular times.  For each timescale ``tau_k`` (default
+**Event-time averages** (the pyramid's).  Events arrive at irregular times.  For each timescale ``tau_k`` (default
 100 ms, 1 s, 10 s: micro, meso, macro) two kinds of exponentially weighted statistics are kept:
 
 * decayed sums of event increments, ``S_k(t) = sum_{t_i <= t} exp(-(t - t_i) / tau_k) x_i``, updated
@@ -48,11 +50,11 @@ only as far as delivered outcomes show they help, so a model with nothing to fin
 instead of adding its learning noise.  ``C`` absorbs drift of the base rate.  The confidence is ``n / (n +
 evidence)`` after ``n`` delivered outcomes (evidence seen, not ``max(p, 1 - p)``).
 
-**Batch path.**  ``on_batch`` runs the same hooks over a whole piece of the replay in one compiled kernel
-(numba): the formulas (:func:`scales_decay`, :func:`scales_add`, :func:`scales_set_level`, :func:`ofi_event`,
-:func:`eas_features`, :func:`standardise`, :func:`platt_decision`, :func:`platt_step`) are plain functions that
-the per-event classes call and the kernel calls compiled (:func:`sigkit.fast.twin`), so both paths give the
-same predictions, bit for bit, and leave the same learned state.
+**Batch path.**  ``on_batch`` reads the pyramid at every fill of a piece (``batch.feature``) and runs
+the rest of the hooks in one compiled kernel (numba): the formulas (:func:`eas_features`,
+:func:`standardise`, :func:`platt_decision`, :func:`platt_step`, and the pyramid's own) are plain functions
+that the per-event methods call and the kernel calls compiled (:func:`sigkit.fast.twin`), so both paths give
+the same predictions, bit for bit, and leave the same learned state.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ import numpy as np
 
 import sigkit
 from sigkit import fast
-from sigkit.batch import BOOK, EVENT, OUTCOME, QUERY, TRADE
+from sigkit.batch import OUTCOME, QUERY
+from sigkit.features import (  # noqa: F401  (the pyramid's formulas, once defined here: still importable from here)
+    EventTimeScales, Pyramid, ofi_event, scales_add, scales_decay, scales_set_level,
+)
 
 __all__ = ["EnhancedAS", "EnhancedASParams", "EventTimeScales", "OnlinePlatt", "OnlineStandardiser", "eas_features",
            "ofi_event", "platt_decision", "platt_step", "scales_add", "scales_decay", "scales_set_level", "standardise"]
@@ -89,91 +94,6 @@ class EnhancedASParams:
         2000.0, doc="window of the running mean and variance that standardise the features", unit="fills")
     clip: float = sigkit.param(5.0, doc="standardised features are clipped to +-clip", unit="standard deviations")
     evidence: float = sigkit.param(500.0, doc="outcomes after which confidence reaches 0.5", unit="outcomes")
-
-
-def ofi_event(prev_bid_px: float, prev_bid_sz: float, prev_ask_px: float, prev_ask_sz: float,
-              bid_px: float, bid_sz: float, ask_px: float, ask_sz: float) -> float:
-    """Cont, Kukanov & Stoikov's order-flow contribution ``e_n`` of one touch update (with >= and <=)."""
-    e = 0.0
-    if bid_px >= prev_bid_px:
-        e += bid_sz
-    if bid_px <= prev_bid_px:
-        e -= prev_bid_sz
-    if ask_px <= prev_ask_px:
-        e -= ask_sz
-    if ask_px >= prev_ask_px:
-        e += prev_ask_sz
-    return e
-
-
-class EventTimeScales(sigkit.LearnedState):
-    """Decayed sums and time averages at several timescales on irregular event time.
-
-    ``sums[j][k]`` is ``sum_i exp(-(t - t_i) / tau_k) x_i`` of the increments added to sum ``j``;
-    ``means[j][k]`` is the exponentially weighted time average of level ``j`` (the value set with
-    :meth:`set_level` is held until the next change).  A time average starts at the first value it holds.
-    """
-
-    def __init__(self, scales_ns: tuple[int, ...], n_sums: int, n_levels: int):
-        self.taus = [float(s) for s in scales_ns]
-        self.n_scales = len(self.taus)
-        self.sums = [[0.0] * self.n_scales for _ in range(n_sums)]
-        self.means = [[0.0] * self.n_scales for _ in range(n_levels)]
-        self.levels = [math.nan] * n_levels
-        self.last_ts: int | None = None
-
-    def advance(self, ts_ns: int) -> None:
-        """Decay everything to ``ts_ns`` (never backwards)."""
-        last = self.last_ts
-        if last is None:
-            self.last_ts = ts_ns
-            return
-        dt = ts_ns - last
-        if dt <= 0:
-            return
-        self.last_ts = ts_ns
-        scales_decay(self.taus, self.sums, self.means, self.levels, dt, [0.0] * self.n_scales)
-
-    def add(self, j: int, x: float) -> None:
-        scales_add(self.sums[j], x)
-
-    def set_level(self, j: int, v: float) -> None:
-        scales_set_level(self.means, self.levels, j, v)
-
-
-# EventTimeScales' formulas as plain functions on indexable sequences (``sums[j][k]``: a list of lists here, a
-# 2-d array in the batch kernel, which calls their compiled twins).
-
-def scales_decay(taus, sums, means, levels, dt, keep) -> None:
-    """Decay every sum and time average by ``dt > 0`` ns (``keep``: scratch of one float per scale)."""
-    n = len(taus)
-    for k in range(n):
-        keep[k] = math.exp(-dt / taus[k])
-    for j in range(len(sums)):
-        row = sums[j]
-        for k in range(n):
-            row[k] *= keep[k]
-    for j in range(len(means)):
-        row = means[j]
-        v = levels[j]
-        if v == v:
-            for k in range(n):
-                row[k] = v + keep[k] * (row[k] - v)
-
-
-def scales_add(row, x: float) -> None:
-    """Add the increment ``x`` to a decayed sum at every scale."""
-    for k in range(len(row)):
-        row[k] += x
-
-
-def scales_set_level(means, levels, j: int, v: float) -> None:
-    """Hold level ``j`` at ``v`` from now on; its first value starts the time averages."""
-    if levels[j] != levels[j]:  # first value: the average starts there
-        row = means[j]
-        for k in range(len(row)):
-            row[k] = v
-    levels[j] = v
 
 
 RELATIVE_SD_FLOOR = 0.05
@@ -271,6 +191,8 @@ _IMBALANCE, _SPREAD, _DEPTH = range(3)
 class EnhancedAS(sigkit.LearnedState):
     """Multi-timescale public microstructure of the target market, online logistic fit, online Platt map."""
 
+    STATE_VERSION = 2  # 2: the scales, touch and latest trade live in the shared pyramid
+
     def __init__(self, params: EnhancedASParams, context: sigkit.RunContext):
         if not params.scales_ns or min(params.scales_ns) <= 0:
             raise sigkit.ModelError(f"enhanced_as: scales must be positive durations, got {params.scales_ns!r}")
@@ -282,12 +204,10 @@ class EnhancedAS(sigkit.LearnedState):
             raise sigkit.ModelError("enhanced_as: learning rates, l2 and calibration_initial_slope must be >= 0")
         self.params = params
         self.target = context.target
-        self.scales = EventTimeScales(params.scales_ns, n_sums=6, n_levels=3)
+        # The target's pyramid, declared: shared with every model of the run that reads the same one.
+        self.pyramid = context.feature(Pyramid(context.target, params.scales_ns, params.impact_window_ns))
         self.macro = max(range(len(params.scales_ns)), key=lambda k: params.scales_ns[k])
-        self.book: tuple[float, float, float, float] | None = None  # bid_px, bid_sz, ask_px, ask_sz
-        self.mid = math.nan
         self.n_features = 6 * len(params.scales_ns) + 5
-        self.last_trade: tuple[int, int] | None = None  # (ts_ns, aggressor side) of the latest target trade
         self.standardiser = OnlineStandardiser(self.n_features, params.standardise_window, params.clip)
         self.model = sigkit.OnlineLogistic(self.n_features, learning_rate=params.learning_rate, l2=params.l2,
                                            intercept_learning_rate=0.0)  # the Platt intercept does it
@@ -301,60 +221,24 @@ class EnhancedAS(sigkit.LearnedState):
     # -- market events --------------------------------------------------------------------------------
 
     def on_trade(self, trade: sigkit.Trade) -> None:
-        if trade.venue != self.target.venue or trade.symbol != self.target.symbol:
-            return
-        size = trade.size
-        if not size > 0:
-            return
-        scales = self.scales
-        scales.advance(trade.ts_ns)
-        scales.add(_SIGNED_VOLUME, trade.side * size)
-        scales.add(_VOLUME, size)
-        scales.add(_TRADES, 1.0)
-        self.last_trade = (trade.ts_ns, trade.side)
+        self.pyramid.on_trade(trade)  # applied once, whichever reader forwards it first
 
     def on_book_update(self, book: sigkit.BookUpdate) -> None:
-        if book.venue != self.target.venue or book.symbol != self.target.symbol:
-            return
-        bid_px, bid_sz, ask_px, ask_sz = book.bid_px, book.bid_sz, book.ask_px, book.ask_sz
-        if not (bid_px > 0 and ask_px >= bid_px and bid_sz >= 0 and ask_sz >= 0):
-            return  # a one-sided, crossed or missing touch carries no usable state
-        scales = self.scales
-        scales.advance(book.ts_ns)
-        prev = self.book
-        mid = 0.5 * (bid_px + ask_px)
-        if prev is not None:
-            scales.add(_OFI, ofi_event(prev[0], prev[1], prev[2], prev[3], bid_px, bid_sz, ask_px, ask_sz))
-            if mid != self.mid:
-                scales.add(_RETURN_BPS, (mid - self.mid) / self.mid * 1e4)
-                last = self.last_trade
-                if last is not None and book.ts_ns - last[0] <= self.params.impact_window_ns \
-                        and (mid - self.mid) * last[1] > 0:
-                    scales.add(_IMPACTS, float(last[1]))  # the trade moved the mid its way
-        depth = bid_sz + ask_sz
-        scales.set_level(_IMBALANCE, (bid_sz - ask_sz) / depth if depth > 0 else 0.0)
-        scales.set_level(_SPREAD, ask_px - bid_px)
-        scales.set_level(_DEPTH, 0.5 * depth)
-        self.book = (bid_px, bid_sz, ask_px, ask_sz)
-        self.mid = mid
+        self.pyramid.on_book_update(book)
 
     # -- prediction -----------------------------------------------------------------------------------
 
     def features(self, query: sigkit.FillQuery) -> list[float]:
         """The raw (unstandardised) features of a fill, signed by its aggressor side; see the module doc."""
-        scales = self.scales
-        scales.advance(query.ts_ns)
-        n = scales.n_scales
+        pyramid = self.pyramid
+        pyramid.advance(query.ts_ns)
+        n = len(self.params.scales_ns)
         x = [0.0] * self.n_features
         flow_signs = [0] * n
         mom_signs = [0] * n
-        book = self.book
-        if book is None:
-            eas_features(-query.side, scales.sums, scales.means, scales.levels, self.macro, False, 0.0, 0.0, 0.0,
-                         0.0, self.mid, x, flow_signs, mom_signs)
-        else:
-            eas_features(-query.side, scales.sums, scales.means, scales.levels, self.macro, True, book[0], book[1],
-                         book[2], book[3], self.mid, x, flow_signs, mom_signs)
+        bid_px, bid_sz, ask_px, ask_sz = pyramid.touch.tolist()
+        eas_features(-query.side, pyramid.sums.tolist(), pyramid.means.tolist(), pyramid.levels.tolist(), self.macro,
+                     pyramid.has_book, bid_px, bid_sz, ask_px, ask_sz, pyramid.mid, x, flow_signs, mom_signs)
         x[-2] = _agreement(mom_signs)
         x[-1] = _agreement(flow_signs)
         return x
@@ -381,37 +265,23 @@ class EnhancedAS(sigkit.LearnedState):
     # -- the batch path -------------------------------------------------------------------------------
 
     def on_batch(self, batch: sigkit.Batch) -> sigkit.BatchPredictions:
-        """The per-event hooks over a whole piece, in one compiled kernel (:func:`_enhanced_as_kernel`)."""
+        """The per-event hooks over a whole piece: the pyramid's rows at the fills (``batch.feature``, computed
+        once for every reader), then one compiled kernel (:func:`_enhanced_as_kernel`) for the rest."""
+        rows = batch.feature(self.pyramid)
         out = np.empty((3, batch.n_queries))
         self.slots.ensure(batch)
-        scales, std, model, cal, rate, cost = (self.scales, self.standardiser, self.model, self.calibration,
-                                               self.base_rate, self.cost)
-        book = self.book
-        last_trade = self.last_trade
-        state = np.array([self.mid, cal.slope, cal.intercept, model.intercept, rate._adverse, rate._total,
-                          cost._sum[0], cost._sum[1]])
-        counts = np.array([0 if scales.last_ts is None else scales.last_ts, scales.last_ts is not None,
-                           book is not None, last_trade is not None, 0 if last_trade is None else last_trade[0],
-                           0 if last_trade is None else last_trade[1], std.n, model.n_updates, cal.n_updates,
-                           rate.n, cost._n[0], cost._n[1], rate._last_ts is not None,
-                           0 if rate._last_ts is None else rate._last_ts], dtype=np.int64)
-        touch = np.array((0.0, 0.0, 0.0, 0.0) if book is None else book)
-        sums, means, levels = np.array(scales.sums), np.array(scales.means), np.array(scales.levels)
+        std, model, cal, rate, cost = self.standardiser, self.model, self.calibration, self.base_rate, self.cost
+        state = np.array([cal.slope, cal.intercept, model.intercept, rate._adverse, rate._total, cost._sum[0],
+                          cost._sum[1]])
+        counts = np.array([std.n, model.n_updates, cal.n_updates, rate.n, cost._n[0], cost._n[1],
+                           rate._last_ts is not None, 0 if rate._last_ts is None else rate._last_ts], dtype=np.int64)
         mean, var, weights = np.array(std.mean), np.array(std.var), np.array(model.weights)
         _enhanced_as_kernel(
-            batch.op, batch.ref, batch.kind, batch.market, batch.ts, batch.column("side"), batch.column("size"),
-            batch.column("bid_px"), batch.column("bid_sz"), batch.column("ask_px"), batch.column("ask_sz"),
-            batch.q_ts, batch.q_side, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse, batch.o_realized_bps,
-            batch.markets.code(self.target.venue, self.target.symbol), np.array(scales.taus), self.macro,
-            self.params.impact_window_ns, std.floor, std.clip, model.learning_rate, model.l2,
-            model.intercept_learning_rate, cal.learning_rate, cal.intercept_learning_rate, rate._decay_per_ns,
-            rate._prior_adverse, rate._prior_total, self.params.evidence, sums, means, levels, touch, mean, var,
-            weights, state, counts, self.slots.values, self.slots.owner, out)
-        scales.sums, scales.means, scales.levels = sums.tolist(), means.tolist(), levels.tolist()
-        scales.last_ts = int(counts[_C_SCALES_LAST]) if counts[_C_HAS_SCALES_LAST] else None
-        self.book = tuple(touch.tolist()) if counts[_C_HAS_BOOK] else None
-        self.mid = float(state[_S_MID])
-        self.last_trade = (int(counts[_C_TRADE_TS]), int(counts[_C_TRADE_SIDE])) if counts[_C_HAS_TRADE] else None
+            batch.op, batch.ref, batch.q_side, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse,
+            batch.o_realized_bps, rows, len(self.params.scales_ns), self.macro, std.floor, std.clip,
+            model.learning_rate, model.l2, model.intercept_learning_rate, cal.learning_rate,
+            cal.intercept_learning_rate, rate._decay_per_ns, rate._prior_adverse, rate._prior_total,
+            self.params.evidence, mean, var, weights, state, counts, self.slots.values, self.slots.owner, out)
         std.mean, std.var, std.n = mean.tolist(), var.tolist(), int(counts[_C_STD_N])
         model.weights, model.intercept, model.n_updates = (weights.tolist(), float(state[_S_INTERCEPT]),
                                                            int(counts[_C_MODEL_N]))
@@ -428,7 +298,7 @@ def eas_features(a: int, sums, means, levels, macro: int, has_book: bool, bid_px
                  ask_px: float, ask_sz: float, mid: float, x, flow_signs, mom_signs) -> None:
     """The raw features of a fill with aggressor side ``a`` into ``x``, all but the last two (the scale
     agreements of ``mom_signs`` and ``flow_signs``, which it fills: :func:`_agreement` of each), from the
-    scales' sums, means and levels (:class:`EventTimeScales`) and the touch (``has_book``) and its mid."""
+    pyramid's sums, means and levels (:class:`sigkit.PyramidState`) and the touch (``has_book``) and its mid."""
     signed = sums[_SIGNED_VOLUME]
     volume = sums[_VOLUME]
     ofi = sums[_OFI]
@@ -480,10 +350,6 @@ def _agreement(signs) -> float:
 # -- the batch kernel ---------------------------------------------------------------------------------
 
 # Compiled twins of the shared formulas above (the per-event classes call the plain functions).
-_ofi_event = fast.twin(ofi_event)
-_scales_decay = fast.twin(scales_decay)
-_scales_add = fast.twin(scales_add)
-_scales_set_level = fast.twin(scales_set_level)
 _standardise = fast.twin(standardise)
 _platt_decision = fast.twin(platt_decision)
 _platt_step = fast.twin(platt_step)
@@ -491,88 +357,45 @@ _eas_features = fast.twin(eas_features)
 _agreement_twin = fast.twin(_agreement)
 
 # The kernel's packed state: floats (``state``) and integers (``counts``; ns timestamps and counters).
-_S_MID, _S_SLOPE, _S_CAL_INTERCEPT, _S_INTERCEPT, _S_ADVERSE, _S_TOTAL, _S_COST_GOOD, _S_COST_BAD = range(8)
-(_C_SCALES_LAST, _C_HAS_SCALES_LAST, _C_HAS_BOOK, _C_HAS_TRADE, _C_TRADE_TS, _C_TRADE_SIDE, _C_STD_N, _C_MODEL_N,
- _C_CAL_N, _C_RATE_N, _C_COST_GOOD_N, _C_COST_BAD_N, _C_HAS_RATE_LAST, _C_RATE_LAST) = range(14)
+_S_SLOPE, _S_CAL_INTERCEPT, _S_INTERCEPT, _S_ADVERSE, _S_TOTAL, _S_COST_GOOD, _S_COST_BAD = range(7)
+(_C_STD_N, _C_MODEL_N, _C_CAL_N, _C_RATE_N, _C_COST_GOOD_N, _C_COST_BAD_N, _C_HAS_RATE_LAST, _C_RATE_LAST) = range(8)
 
 
 @fast.kernel
-def _advance(taus, sums, means, levels, counts, ts, keep):
-    """EventTimeScales.advance on the packed state."""
-    if counts[_C_HAS_SCALES_LAST] == 0:
-        counts[_C_HAS_SCALES_LAST] = 1
-        counts[_C_SCALES_LAST] = ts
-        return
-    dt = ts - counts[_C_SCALES_LAST]
-    if dt <= 0:
-        return
-    counts[_C_SCALES_LAST] = ts
-    _scales_decay(taus, sums, means, levels, dt, keep)
-
-
-@fast.kernel
-def _enhanced_as_kernel(op, ref, kind, market, ts, side, size, bid_px, bid_sz, ask_px, ask_sz, q_ts, q_side, q_fill,
-                        o_fill, o_ts, o_adverse, o_realized, target, taus, macro, impact_window_ns, std_floor, clip,
-                        lr, l2, intercept_lr, cal_lr, cal_intercept_lr, rate_decay_per_ns, prior_adverse, prior_total,
-                        evidence, sums, means, levels, touch, mean, var, weights, state, counts, slot_v, slot_owner,
-                        out):
-    """EnhancedAS over a batch: on_trade, on_book_update, predict and record_outcome at each step of the
-    schedule, on the packed state (``_S_*`` in ``state``, ``_C_*`` in ``counts``; ``touch`` is the book)."""
+def _enhanced_as_kernel(op, ref, q_side, q_fill, o_fill, o_ts, o_adverse, o_realized, rows, n_scales, macro, std_floor,
+                        clip, lr, l2, intercept_lr, cal_lr, cal_intercept_lr, rate_decay_per_ns, prior_adverse,
+                        prior_total, evidence, mean, var, weights, state, counts, slot_v, slot_owner, out):
+    """EnhancedAS over a batch: predict and record_outcome at each step of the schedule, on the packed state
+    (``_S_*`` in ``state``, ``_C_*`` in ``counts``), reading the target's pyramid at each query from ``rows``
+    (:mod:`sigkit.features`: sums, means, levels, touch, mid, has_book)."""
     nf = weights.size
-    n_scales = taus.size
-    keep = np.empty(n_scales)
+    n = n_scales
     raw = np.empty(nf)
     x = np.empty(nf)
-    flow_signs = np.zeros(n_scales, dtype=np.int64)
-    mom_signs = np.zeros(n_scales, dtype=np.int64)
+    sums = np.empty((6, n))
+    means = np.empty((3, n))
+    levels = np.empty(3)
+    flow_signs = np.zeros(n, dtype=np.int64)
+    mom_signs = np.zeros(n, dtype=np.int64)
     for i in range(op.size):
         step = op[i]
-        if step == EVENT:
-            r = ref[i]
-            if market[r] != target:
-                continue
-            if kind[r] == TRADE:
-                sz = size[r]
-                if not sz > 0:
-                    continue
-                _advance(taus, sums, means, levels, counts, ts[r], keep)
-                _scales_add(sums[_SIGNED_VOLUME], side[r] * sz)
-                _scales_add(sums[_VOLUME], sz)
-                _scales_add(sums[_TRADES], 1.0)
-                counts[_C_HAS_TRADE] = 1
-                counts[_C_TRADE_TS] = ts[r]
-                counts[_C_TRADE_SIDE] = side[r]
-            elif kind[r] == BOOK:
-                bp, bs, ap, az = bid_px[r], bid_sz[r], ask_px[r], ask_sz[r]
-                if not (bp > 0 and ap >= bp and bs >= 0 and az >= 0):
-                    continue
-                _advance(taus, sums, means, levels, counts, ts[r], keep)
-                mid = 0.5 * (bp + ap)
-                if counts[_C_HAS_BOOK]:
-                    _scales_add(sums[_OFI], _ofi_event(touch[0], touch[1], touch[2], touch[3], bp, bs, ap, az))
-                    prev_mid = state[_S_MID]
-                    if mid != prev_mid:
-                        _scales_add(sums[_RETURN_BPS], (mid - prev_mid) / prev_mid * 1e4)
-                        last_side = counts[_C_TRADE_SIDE]
-                        if counts[_C_HAS_TRADE] and ts[r] - counts[_C_TRADE_TS] <= impact_window_ns \
-                                and (mid - prev_mid) * last_side > 0:
-                            _scales_add(sums[_IMPACTS], float(last_side))
-                depth = bs + az
-                _scales_set_level(means, levels, _IMBALANCE, (bs - az) / depth if depth > 0 else 0.0)
-                _scales_set_level(means, levels, _SPREAD, ap - bp)
-                _scales_set_level(means, levels, _DEPTH, 0.5 * depth)
-                touch[0] = bp
-                touch[1] = bs
-                touch[2] = ap
-                touch[3] = az
-                counts[_C_HAS_BOOK] = 1
-                state[_S_MID] = mid
-        elif step == QUERY:
+        if step == QUERY:
             q = ref[i]
-            _advance(taus, sums, means, levels, counts, q_ts[q], keep)
+            row = rows[q]
+            c = 0
+            for j in range(6):
+                for k in range(n):
+                    sums[j, k] = row[c]
+                    c += 1
+            for j in range(3):
+                for k in range(n):
+                    means[j, k] = row[c]
+                    c += 1
+            for j in range(3):
+                levels[j] = row[c + j]
             a = -np.int64(q_side[q])
-            _eas_features(a, sums, means, levels, macro, counts[_C_HAS_BOOK] != 0, touch[0], touch[1], touch[2],
-                          touch[3], state[_S_MID], raw, flow_signs, mom_signs)
+            _eas_features(a, sums, means, levels, macro, row[c + 8] != 0.0, row[c + 3], row[c + 4], row[c + 5],
+                          row[c + 6], row[c + 7], raw, flow_signs, mom_signs)
             raw[nf - 2] = _agreement_twin(mom_signs)
             raw[nf - 1] = _agreement_twin(flow_signs)
             counts[_C_STD_N] += 1
