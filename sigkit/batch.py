@@ -240,9 +240,9 @@ class FillSlots:
         """Grow so that every fill held now and every fill queried in ``batch`` has a slot of its own."""
         if not batch.n_queries:
             return
-        self.owner[(self.owner >= 0) & (self.owner < batch.oldest_pending)] = -1  # never to be delivered
-        held = self.owner[self.owner >= 0]
-        lo = int(held.min()) if len(held) else int(batch.q_fill[0])
+        from sigkit import fast  # (compiled; a batch path needs numba anyway)
+
+        lo = fast.release_slots(self.owner, batch.oldest_pending, int(batch.q_fill[0]))
         hi = int(batch.q_fill[-1])
         capacity = self.capacity
         while hi - lo + 1 > capacity:

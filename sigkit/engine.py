@@ -67,7 +67,7 @@ class RunResult:
     first_ts_ns: int | None
     last_ts_ns: int | None
     states: dict[str, dict]  # id (or "ensemble") -> what describe() said at the end
-    state_history: list[dict]  # [{"ts_ns": t, "states": {...}}] every snapshot interval of event time
+    state_history: list[dict]  # [{"ts_ns": t, "states": {...}}] every state_interval_ns of event time
     dropped: dict[str, dict]  # model id -> {hook, ts_ns, error} for models dropped under on_error: drop
     completed: bool
     stop_reason: str | None
@@ -75,6 +75,9 @@ class RunResult:
     resumed_from_ts_ns: int | None = None  # the event time of the checkpoint this run resumed from
     checkpoints: list[dict] = attrs.field(factory=list)  # {ts_ns, bytes, save_s} of each checkpoint written
     paths: dict[str, str] = attrs.field(factory=dict)  # model or ensemble -> "batch" or "per-event"
+    # The interval of state_history: the recipe's snapshot_interval, doubled as often as the run's length
+    # needed to keep at most max_snapshots (None: no snapshots).
+    state_interval_ns: int | None = None
 
 
 class _Stopped(Exception):
@@ -206,7 +209,7 @@ class Replay:
 
     def __init__(self, *, sources: Sequence[tuple[str, Any]], models: Sequence[tuple[str, Any]],
                  ensembles: Sequence[tuple[str, Any, Sequence[str]]] = (), target: Market, labelling: Labelling,
-                 public_fills: bool = True, snapshot_interval_ns: int | None = None,
+                 public_fills: bool = True, snapshot_interval_ns: int | None = None, max_snapshots: int = 256,
                  provenance: dict[str, str] | None = None, on_error: str = "stop", identity: dict | None = None,
                  path: str = "batch", spill_rows: int = 1 << 16):
         self.target = target
@@ -217,6 +220,10 @@ class Replay:
         self.labelling = labelling
         self.public_fills = public_fills
         self.snapshot_interval_ns = snapshot_interval_ns  # how often describe() is recorded (None: only at the end)
+        if max_snapshots < 2:
+            raise SigkitError(f"max_snapshots must be at least 2, not {max_snapshots!r}")
+        # More snapshots than this, and every other one goes and the interval doubles (see _State._snapshot).
+        self.max_snapshots = max_snapshots
         if on_error not in ("stop", "drop"):
             raise SigkitError(f"on_error must be 'stop' or 'drop', not {on_error!r}")
         self.on_error = on_error
@@ -564,6 +571,10 @@ class _State:
         self.last_ts = None
         self.history: list[dict] = []
         self.next_snapshot = None
+        # The snapshot schedule: due times first_ts + k * interval (k >= 1).  Each snapshot covers the due
+        # indices [lo, hi] that fell since the one before it (history_due[i] for history[i]).
+        self.snapshot_interval = replay.snapshot_interval_ns
+        self.history_due: list[tuple[int, int]] = []
         self.fills = _Columns(len(self.horizons), len(replay.model_ids), len(replay.ensembles), replay.spill_rows)
         self.fills.derive = self._derived
 
@@ -715,7 +726,6 @@ class _State:
         batch, group_ts, query_starts = plan
         lo = 0
         if snapshots and self.next_snapshot is not None:
-            interval = self.replay.snapshot_interval_ns
             while True:
                 g = int(np.searchsorted(group_ts, self.next_snapshot, side="left"))
                 if g >= len(group_ts):
@@ -724,13 +734,31 @@ class _State:
                 if at > lo:
                     self._steps(batch.steps(lo, at))
                 lo = at
-                t = int(group_ts[g])
-                self.history.append({"ts_ns": t, "states": self.describe_all()})
-                self.next_snapshot += ((t - self.next_snapshot) // interval + 1) * interval
+                self._snapshot(int(group_ts[g]))
         if lo == 0:
             self._steps(batch)
         elif lo < len(batch.op):
             self._steps(batch.steps(lo, len(batch.op)))
+
+    def _snapshot(self, t: int) -> None:
+        """Record every model's and combiner's ``describe()`` at the group at ``t`` (the first at or after the
+        next due time).  The history stays bounded however long the run: past ``max_snapshots`` it keeps the
+        snapshots the doubled interval would have taken (those that cover an even due index) and goes on at
+        that interval, so what is kept never depends on how the events were cut, and a run of weeks keeps a
+        few hundred snapshots, not one a minute."""
+        interval = self.snapshot_interval
+        lo = (self.next_snapshot - self.first_ts) // interval
+        hi = (t - self.first_ts) // interval
+        self.history.append({"ts_ns": t, "states": self.describe_all()})
+        self.history_due.append((lo, hi))
+        self.next_snapshot = self.first_ts + (hi + 1) * interval
+        if len(self.history) > self.replay.max_snapshots:
+            kept = [(h, (-(-a // 2), b // 2)) for h, (a, b) in zip(self.history, self.history_due)
+                    if -(-a // 2) <= b // 2]
+            self.history = [h for h, _ in kept]
+            self.history_due = [due for _, due in kept]
+            self.snapshot_interval = interval = 2 * interval
+            self.next_snapshot = self.first_ts + (-(-(self.next_snapshot - self.first_ts) // interval)) * interval
 
     def _steps(self, batch: Batch) -> None:
         f = self.fills
@@ -787,12 +815,13 @@ class _State:
         if p.shape != (n,) or conf.shape != (n,) or cost.shape != (n,):
             raise ModelError(f"{who} returned predictions of shape {p.shape}/{conf.shape}/{cost.shape} from "
                              f"on_batch(); expected ({n},) each, one per query")
-        if n and not (p.min() >= 0.0 and p.max() <= 1.0):  # NaN fails both
-            bad = np.flatnonzero(~((p >= 0.0) & (p <= 1.0)))
-            raise ModelError(f"{who} predicted p_adverse={float(p[bad[0]])!r} in on_batch(); it must be a probability in [0, 1]")
-        if n and not (conf.min() >= 0.0 and conf.max() <= 1.0):
-            bad = np.flatnonzero(~((conf >= 0.0) & (conf <= 1.0)))
-            raise ModelError(f"{who} gave confidence={float(conf[bad[0]])!r} in on_batch(); it must be in [0, 1]")
+        from sigkit import fast
+
+        bad = fast.first_invalid(p, conf) if n else 0  # (NaN is invalid)
+        if bad > 0:
+            raise ModelError(f"{who} predicted p_adverse={float(p[bad - 1])!r} in on_batch(); it must be a probability in [0, 1]")
+        if bad < 0:
+            raise ModelError(f"{who} gave confidence={float(conf[-bad - 1])!r} in on_batch(); it must be in [0, 1]")
         return p, conf, cost
 
     def _per_event(self, batch: Batch) -> None:
@@ -969,7 +998,7 @@ class _State:
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
-    STATE_VERSION = 2
+    STATE_VERSION = 3  # 3: the snapshot schedule (interval, due indices) for a bounded history
 
     def state_dict(self) -> dict:
         """Everything this replay has learned and remembers, as of the end of the last processed chunk."""
@@ -989,6 +1018,7 @@ class _State:
             "version": self.STATE_VERSION,
             "first_ts": self.first_ts, "last_ts": self.last_ts, "mid": self.mid,
             "events": dict(self.events), "events_total": self.events_total, "next_snapshot": self.next_snapshot,
+            "snapshot_interval": self.snapshot_interval, "history_due": [list(d) for d in self.history_due],
             "history": capture_state(self.history, "describe()"), "dropped": capture_state(self.dropped),
             "reference": {"adverse": self.ref_adverse, "total": self.ref_total},
             "markets": self.markets.state_dict(),
@@ -1025,6 +1055,8 @@ class _State:
         self.events = dict(state["events"])
         self.events_total = state["events_total"]
         self.next_snapshot = state["next_snapshot"]
+        self.snapshot_interval = state["snapshot_interval"]
+        self.history_due = [tuple(d) for d in state["history_due"]]
         self.history = restore_state(state["history"])
         self.dropped = restore_state(state["dropped"])
         self.ref_adverse = float(state["reference"]["adverse"])
@@ -1104,7 +1136,7 @@ class _State:
         return RunResult(
             paths=self._paths(),
             model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=self.describe_all(),
-            state_history=self.history, dropped=dict(self.dropped),
+            state_history=self.history, state_interval_ns=self.snapshot_interval, dropped=dict(self.dropped),
             markout_horizons_ns=self.horizons, events=dict(self.events), first_ts_ns=self.first_ts,
             last_ts_ns=self.last_ts, completed=completed, stop_reason=stop_reason, elapsed_s=elapsed_s,
         )
@@ -1160,6 +1192,7 @@ def replay_from_recipe(recipe, *, sources: Sequence[tuple[str, Any]] | None = No
     return Replay(sources=built.sources if sources is None else sources, models=built.models, ensembles=built.ensembles, target=recipe.target,
                   labelling=labelling, public_fills=recipe.fills_path is None,
                   snapshot_interval_ns=recipe.evaluation.snapshot_interval_ns,
+                  max_snapshots=recipe.evaluation.max_snapshots,
                   provenance={m.id: f"{m.spec.name} from {m.spec.distribution} {m.spec.version}".rstrip()
                               for m in recipe.models},
                   on_error=recipe.on_error, identity=recipe_identity(recipe), path=path)

@@ -142,3 +142,31 @@ regime_span = twin(learn.regime_span)
 regime_state = twin(learn.regime_state)
 slot_put = twin(batch.slot_put)
 slot_take = twin(batch.slot_take)
+
+
+@kernel
+def release_slots(owner, oldest_pending, first):
+    """:meth:`sigkit.FillSlots.ensure`'s scan: free the slots of fills before ``oldest_pending`` (never to be
+    delivered) and return the oldest fill still held, or ``first`` if none is older."""
+    lo = first
+    for i in range(owner.size):
+        f = owner[i]
+        if f >= 0:
+            if f < oldest_pending:
+                owner[i] = -1
+            elif f < lo:
+                lo = f
+    return lo
+
+
+@kernel
+def first_invalid(p, confidence):
+    """0 if every ``p`` and ``confidence`` is in [0, 1]; else ``1 + i`` for the first bad ``p[i]``, or
+    ``-(1 + i)`` for the first bad ``confidence[i]`` (a NaN is bad)."""
+    for i in range(p.size):
+        if not (p[i] >= 0.0 and p[i] <= 1.0):
+            return 1 + i
+    for i in range(confidence.size):
+        if not (confidence[i] >= 0.0 and confidence[i] <= 1.0):
+            return -(1 + i)
+    return 0

@@ -27,7 +27,7 @@ from sigkit.units import format_duration, parse_duration
 TOP_LEVEL_KEYS = ("name", "description", "seed", "data", "target", "fills", "horizon", "threshold_bps",
                   "models", "ensemble", "arms", "evaluation", "on_error", "on_bad_line")
 EVALUATION_KEYS = ("min_confidence", "markout_horizons", "ic_period", "ic_min_fills", "bins", "capture_q",
-                   "snapshot_interval")
+                   "snapshot_interval", "max_snapshots")
 DEFAULT_MARKOUT_HORIZONS = ("100ms", "1s", "5s", "30s")
 DEFAULT_HORIZON_NS = parse_duration("1s")
 
@@ -74,6 +74,7 @@ class Evaluation:
     bins: int = 10
     capture_q: float = 0.10
     snapshot_interval_ns: int = parse_duration("1m")
+    max_snapshots: int = 256
 
 
 @attrs.frozen
@@ -387,7 +388,7 @@ def _evaluation(r: _Reader, doc: Mapping) -> Evaluation:
         values["ic_period_ns"] = r.duration(node, "ic_period", "ic_period")
     if "snapshot_interval" in node:
         values["snapshot_interval_ns"] = r.duration(node, "snapshot_interval", "snapshot_interval")
-    for key, low in (("bins", 2), ("ic_min_fills", 2)):
+    for key, low in (("bins", 2), ("ic_min_fills", 2), ("max_snapshots", 2)):
         if key in node:
             v = node[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < low:

@@ -142,6 +142,7 @@ def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: lis
         "dropped": result.dropped,
         "states": _clean_dict(result.states),
         "state_history": [{"ts_ns": h["ts_ns"], "states": _clean_dict(h["states"])} for h in result.state_history],
+        "state_history_interval_ns": result.state_interval_ns,
         "timing": {
             "elapsed_s": round(result.elapsed_s, 3),
             "events_per_s": round(events_total / result.elapsed_s) if result.elapsed_s > 0 else None,

@@ -195,3 +195,26 @@ def test_on_interval_hands_over_the_results_so_far(tmp_path):
     n = sizes[-1]
     assert (last.fills["ts_ns"] == result.fills["ts_ns"][:n]).all()
     assert (last.predictions["flow"]["p"] == result.predictions["flow"]["p"][:n]).all()
+
+
+def test_the_state_history_stays_bounded_and_keeps_what_the_doubled_interval_would_take():
+    from sigkit.plugins import build_registry
+    from sigkit.testing import TARGET, rechunk, simulate_stream
+
+    chunks = simulate_stream("informed", "3m", seed=1)
+    spec = build_registry().lookup("model", "base_rate")
+
+    def run(stream, interval_ns, cap):
+        model = spec.factory(spec.params(), sigkit.RunContext(target=TARGET, horizon_ns=10**9, instance_id="rate"))
+        return Replay(sources=[("s", ListSource(stream))], models=[("rate", model)], target=TARGET,
+                      labelling=Labelling(10**9), snapshot_interval_ns=interval_ns, max_snapshots=cap).run()
+
+    bounded = run(chunks, 10**9, 16)
+    # 180 one-second snapshots halve to 90, 45, 22, 11: the interval doubled four times.
+    assert len(bounded.state_history) == 11 and bounded.state_interval_ns == 16 * 10**9
+    wide = run(chunks, 16 * 10**9, 10**6)
+    assert bounded.state_history == wide.state_history
+    assert run(rechunk(chunks, 53), 10**9, 16).state_history == bounded.state_history
+    assert run(chunks, 10**9, 1000).state_interval_ns == 10**9
+    with pytest.raises(sigkit.SigkitError, match="max_snapshots"):
+        run(chunks, 10**9, 1)
