@@ -22,6 +22,8 @@ an event column, made once per piece and shared by every model that asks for it.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from sigkit.events import BOOK, EVENT_DTYPE, FILL, STAT, TRADE
@@ -34,6 +36,8 @@ _NAME_START = EVENT_DTYPE.fields["venue"][1]
 _NAME_END = EVENT_DTYPE.fields["symbol"][1] + EVENT_DTYPE["symbol"].itemsize
 assert _NAME_START + EVENT_DTYPE["venue"].itemsize == EVENT_DTYPE.fields["symbol"][1]
 assert (_NAME_END - _NAME_START) % 8 == 0
+
+_LOCK = threading.RLock()
 
 #: Schedule steps (``batch.op``).
 EVENT = 0
@@ -53,6 +57,14 @@ class MarketCodes:
 
     def code(self, venue: str, symbol: str) -> int:
         key = (venue, symbol)
+        code = self._codes.get(key)
+        if code is None:
+            with _LOCK:  # (batch models may run in threads)
+                return self._new_code(key)
+        return code
+
+    def _new_code(self, key: tuple[str, str]) -> int:
+        venue, symbol = key
         code = self._codes.get(key)
         if code is None:
             code = self._codes[key] = len(self.names)
@@ -165,7 +177,10 @@ class Batch:
         time any model asks, then shared by every model that reads it."""
         rows = self._features.get(id(state))
         if rows is None:
-            rows = self._features[id(state)] = state.rows(self)
+            with _LOCK:  # (batch models may run in threads: the first asks, the others wait for its rows)
+                rows = self._features.get(id(state))
+                if rows is None:
+                    rows = self._features[id(state)] = state.rows(self)
         return rows
 
     def precompute(self, state, rows: np.ndarray) -> None:

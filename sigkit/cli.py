@@ -118,9 +118,13 @@ def _registry(warn: bool = True):
 @click.option("--per-event", is_flag=True,
               help="Call every model's per-event hooks even where it has a compiled batch path (on_batch); "
                    "the predictions are the same, only slower (docs/fast.md).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Run the models' compiled batch paths side by side in this many threads; the predictions do "
+                   "not depend on it  [default: one per core, at most one per model]")
 def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line: str | None,
         checkpoint: Path | None, checkpoint_every: str, resume: Path | None, live: bool, duration: str | None,
-        record_dir: Path | None, report_every: str, cache_dir: Path | None, no_cache: bool, per_event: bool) -> None:
+        record_dir: Path | None, report_every: str, cache_dir: Path | None, no_cache: bool, per_event: bool,
+        threads: int | None) -> None:
     """Replay RECIPE's data through its models and score every fill.
 
     Every model is asked about each fill before the fill's own trade is revealed, learns from every
@@ -136,8 +140,8 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line
     sequential A/B state when the recipe has arms), report.json is rewritten every --report-every, and
     --record DIR keeps a recording that `sigkit run` replays to the same predictions.
 
-    Models with a compiled batch path (every built-in one) run through it; --per-event calls their
-    per-event hooks instead, with the same predictions (the conformance suite checks it).
+    Models with a compiled batch path (every built-in one) run through it, side by side in --threads; --per-event
+    calls their per-event hooks instead, with the same predictions (the conformance suite checks it).
 
     \b
     Examples:
@@ -158,7 +162,7 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line
     report, result, paths, stop = _replay_and_write(parsed, out_dir, quiet=quiet, html=html, checkpoint=checkpoint,
                                                     checkpoint_every_ns=every_ns, resume=resume, live=live_options,
                                                     cache=_cache_dir(cache_dir, no_cache),
-                                                    path="per-event" if per_event else "batch")
+                                                    path="per-event" if per_event else "batch", threads=threads)
     if not quiet:
         header, rows = table_rows(report)
         click.echo(format_table(header, rows))
@@ -173,7 +177,7 @@ def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line
 def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, n_boot: int = 1000,
                       checkpoint: Path | None = None, checkpoint_every_ns: int | None = None,
                       resume: Path | None = None, live: dict | None = None, cache: Path | None = None,
-                      path: str = "batch"):
+                      path: str = "batch", threads: int | None = None):
     """Replay a validated recipe (stoppable by SIGTERM/Ctrl-C), then write its report and predictions.
 
     With ``checkpoint``, the models' state is saved every ``checkpoint_every_ns`` of event time and at exit;
@@ -195,7 +199,8 @@ def _replay_and_write(parsed, out_dir: Path | None, *, quiet: bool, html: bool, 
                                       should_stop=stop.reason)
     replay = replay_from_recipe(parsed, sources=None if live_source is None else [("live", live_source)],
                                 cache_dir=cache if live_source is None else None,
-                                cache_warn=lambda message: click.echo(f"warning: {message}", err=True), path=path)
+                                cache_warn=lambda message: click.echo(f"warning: {message}", err=True), path=path,
+                                threads=threads)
 
     def interim(result) -> None:  # live: a crash loses at most the last interval
         report = build_report(result, parsed, sources=replay.describe_sources(), plugins=plugins_used(parsed),

@@ -22,8 +22,11 @@ Ordering rules (what "causal" means here, and what the no-look-ahead tests check
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -211,8 +214,13 @@ class Replay:
                  ensembles: Sequence[tuple[str, Any, Sequence[str]]] = (), target: Market, labelling: Labelling,
                  public_fills: bool = True, snapshot_interval_ns: int | None = None, max_snapshots: int = 256,
                  provenance: dict[str, str] | None = None, on_error: str = "stop", identity: dict | None = None,
-                 path: str = "batch", spill_rows: int = 1 << 16):
+                 path: str = "batch", spill_rows: int = 1 << 16, threads: int | None = None):
         self.target = target
+        # Batch models run side by side in this many threads (their compiled kernels release the GIL);
+        # None: one per core, at most one per batch model.  Results do not depend on it.
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise SigkitError(f"threads must be a whole number >= 1, not {threads!r}")
+        self.threads = threads
         self.spill_rows = spill_rows  # settled fills kept in memory before they move to disk (see _Columns)
         if path not in ("batch", "per-event"):
             raise SigkitError(f"path must be 'batch' or 'per-event', not {path!r}")
@@ -553,9 +561,15 @@ class _State:
         self.per_event = bool(self.event_models or self.event_ensembles)
         # A shared feature read on both paths: the batch readers' rows are computed on a copy of its state, the
         # per-event readers step the live one (sigkit.features).
+        batch_instances = [replay._instances[replay.model_ids[m]] for m, _ in self.batch_models]
         self.copied_features = _features_on_both_paths(
-            [replay._instances[replay.model_ids[m]] for m, _ in self.batch_models],
-            [replay._instances[replay.model_ids[m]] for m in self.event_models])
+            batch_instances, [replay._instances[replay.model_ids[m]] for m in self.event_models])
+        copied = {id(s) for s in self.copied_features}
+        # The shared features the batch models read: computed once per batch before they run.
+        self.batch_features = [s for s in _shared_states(batch_instances) if id(s) not in copied]
+        threads = replay.threads if replay.threads is not None else (os.cpu_count() or 1)
+        self.threads = max(1, min(threads, len(self.batch_models)))
+        self.pool = None  # a thread pool, made at the first batch that needs it
         self.wants_fill_objects = bool(self.outcome_handlers or any(r for _, _, _, r, _ in self.event_ensembles))
         self.horizons = self.labelling.all_horizons_ns
         self.primary = self.horizons.index(self.labelling.horizon_ns)
@@ -766,13 +780,28 @@ class _State:
         replay = self.replay
         for state in self.copied_features:
             batch.precompute(state, state.copy().rows(batch))
+        for state in self.batch_features:
+            batch.feature(state)
+        live = [(m, on_batch) for m, on_batch in self.batch_models if replay.model_ids[m] not in self.dropped]
+        if self.pool is not None and len(live) > 1:
+            calls = dict(zip((m for m, _ in live), self.pool.map(lambda mo: _call(mo[1], batch), live)))
+        else:
+            # One after the other: always the first time, when models name the markets they follow (their codes
+            # are then numbered in model order, not in whichever order threads get there).
+            calls = {m: _call(on_batch, batch) for m, on_batch in live}
+            if self.threads > 1 and self.pool is None:
+                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="sigkit-model")
+                weakref.finalize(self, self.pool.shutdown, wait=False)
         for m, on_batch in self.batch_models:
             model_id = replay.model_ids[m]
             if model_id in self.dropped:
                 out = None
             else:
                 try:
-                    out = self._checked(on_batch(batch), batch.n_queries, f"model {model_id!r}")
+                    out, err = calls[m]
+                    if err is not None:
+                        raise err
+                    out = self._checked(out, batch.n_queries, f"model {model_id!r}")
                 except Exception as err:
                     at = int(batch.ts[0]) if len(batch.ts) else self.last_ts
                     if replay.on_error != "drop":
@@ -1163,6 +1192,22 @@ def _check_prediction(pred: Any, who: str) -> None:
         raise ModelError(f"{who} gave confidence={pred.confidence!r}; it must be in [0, 1]")
 
 
+def _call(on_batch, batch) -> tuple[Any, BaseException | None]:
+    """``on_batch(batch)``, and what it raised (in a worker thread: raised again in model order)."""
+    try:
+        return on_batch(batch), None
+    except Exception as err:
+        return None, err
+
+
+def _shared_states(instances: list) -> list:
+    """The distinct shared feature states (:mod:`sigkit.features`) the instances hold."""
+    features = sys.modules.get("sigkit.features")
+    if features is None:
+        return []
+    return list({id(s): s for i in instances for s in features.shared_states(i)}.values())
+
+
 def _features_on_both_paths(batch_instances: list, event_instances: list) -> list:
     """The shared feature states (:mod:`sigkit.features`) held by a batch-path and by a per-event-path model."""
     features = sys.modules.get("sigkit.features")
@@ -1174,7 +1219,8 @@ def _features_on_both_paths(batch_instances: list, event_instances: list) -> lis
 
 
 def replay_from_recipe(recipe, *, sources: Sequence[tuple[str, Any]] | None = None, cache_dir=None,
-                       cache_warn: Callable[[str], None] | None = None, path: str = "batch") -> Replay:
+                       cache_warn: Callable[[str], None] | None = None, path: str = "batch",
+                       threads: int | None = None) -> Replay:
     """Build the instances a validated :class:`sigkit.recipe.Recipe` names and wire them into a replay.
 
     ``sources`` replaces the recipe's data sources (live mode passes its one live source).  With
@@ -1195,4 +1241,4 @@ def replay_from_recipe(recipe, *, sources: Sequence[tuple[str, Any]] | None = No
                   max_snapshots=recipe.evaluation.max_snapshots,
                   provenance={m.id: f"{m.spec.name} from {m.spec.distribution} {m.spec.version}".rstrip()
                               for m in recipe.models},
-                  on_error=recipe.on_error, identity=recipe_identity(recipe), path=path)
+                  on_error=recipe.on_error, identity=recipe_identity(recipe), path=path, threads=threads)

@@ -428,3 +428,35 @@ def test_a_run_whose_fills_went_to_disk_writes_the_same_report_and_predictions(t
         outputs.append(((out / "predictions.csv").read_bytes(), json.loads((out / "report.json").read_text())))
     assert outputs[0][0] == outputs[1][0]
     assert outputs[0][1] == outputs[1][1]
+
+
+def test_batch_models_in_threads_give_the_serial_predictions_and_errors(tmp_path):
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", build_registry())
+    serial = replay_from_recipe(recipe, threads=1).run()
+    threaded = replay_from_recipe(recipe, threads=3).run()
+    assert serial.fills["ts_ns"].tobytes() == threaded.fills["ts_ns"].tobytes()
+    for name, preds in serial.predictions.items():
+        for key in ("p", "confidence", "cost_bps"):
+            assert preds[key].tobytes() == threaded.predictions[name][key].tobytes(), (name, key)
+    assert serial.state_history == threaded.state_history
+
+    class RaisingLater:
+        calls = 0
+
+        def on_batch(self, batch):  # the first call runs serially in any case: fail in a threaded one
+            self.calls += 1
+            if self.calls == 3:
+                raise ValueError("boom")
+            n = batch.n_queries
+            return sigkit.BatchPredictions(np.full(n, 0.5), np.ones(n), np.full(n, np.nan))
+
+    def failing(threads):
+        chunks = rechunk(simulate_stream("informed", "1m", seed=1), 500)
+        with pytest.raises(ModelError) as err:
+            Replay(sources=[("s", ListSource(chunks))], models=[("spy", BatchSpy()), ("bad", RaisingLater())],
+                   target=sigkit.testing.TARGET, labelling=Labelling(10**9), threads=threads).run()
+        return str(err.value)
+
+    assert failing(1) == failing(2) and "'bad'" in failing(2)
+    with pytest.raises(sigkit.SigkitError, match="threads"):
+        Replay(sources=[], models=[], target=sigkit.testing.TARGET, labelling=Labelling(10**9), threads=0)
