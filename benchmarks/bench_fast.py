@@ -1,6 +1,6 @@
 """The fast path against the per-event path and a plain-numpy reference pass, on one simulated day.
 
-    python benchmarks/bench_fast.py                      # the quickstart world over 24h, 1 and 4 models
+    python benchmarks/bench_fast.py                      # the quickstart world over 24h: 1, 2 (A/B) and 4 models
     python benchmarks/bench_fast.py --duration 6h        # shorter
     python benchmarks/bench_fast.py --per-event-limit 2h # the per-event path on the first 2h only
 
@@ -17,8 +17,10 @@ passes run ``--repeat`` times (3) and the fastest counts, since a shared machine
   and return sums over 100 ms / 1 s / 10 s windows at every fill, book imbalance and spread at every fill,
   the running base rate).  This is the memory-speed floor of this machine for a pass over these columns.
 
-"1 model" is ``enhanced_as``; "4 models" is the quickstart recipe: enhanced_as, prefill_toxicity,
-cross_asset and onchain_oi, the base-rate reference and the stacking ensemble.  Figures to read, not a
+"1" is ``enhanced_as``; "ab" is two ``enhanced_as`` variants (other learning rates), which declare the same
+pyramid of the target (``sigkit.features``) and so share one computation of it; "4" is the quickstart
+recipe: enhanced_as, prefill_toxicity, cross_asset and onchain_oi, the base-rate reference and the stacking
+ensemble.  Batch passes run with each of ``--threads`` (1, and one per core: the models side by side).  Figures to read, not a
 test: these machines are shared and noisy.
 """
 
@@ -44,6 +46,14 @@ ONE_MODEL = """\
   - id: enhanced_as
     model: enhanced_as
 """
+# Two enhanced_as variants, as an A/B comparison would run them: they declare the same pyramid of the target
+# (sigkit.features), which is computed once for both.
+AB_PAIR = ONE_MODEL + """\
+  - id: enhanced_as_fast
+    model: enhanced_as
+    params: {learning_rate: 0.02, calibration_learning_rate: 0.05}
+"""
+MODEL_SETS = {"1": ONE_MODEL, "ab": AB_PAIR}
 
 
 class RawFile:
@@ -99,16 +109,18 @@ def simulate_day(data_dir: Path, duration: str, seed: int, trade_rate: float = 8
     return path, meta
 
 
-def recipe_text(models: int, duration: str) -> str:
+def recipe_text(models: str, duration: str) -> str:
     text = (REPO / "recipes" / "quickstart.yaml").read_text()
     text = re.sub(r"(?m)^(\s+duration:).*$", rf"\1 {duration}", text)
-    if models == 1:
+    models = str(models)
+    if models in MODEL_SETS:
         head, _, _ = text.partition("models:")
-        text = head + "models:\n" + ONE_MODEL
+        text = head + "models:\n" + MODEL_SETS[models]
     return text
 
 
-def engine_pass(path: Path, models: int, mode: str, duration: str, limit_ns: int | None) -> dict:
+def engine_pass(path: Path, models: str, mode: str, duration: str, limit_ns: int | None,
+                threads: int | None = None) -> dict:
     import tempfile
 
     from sigkit.engine import replay_from_recipe
@@ -119,13 +131,14 @@ def engine_pass(path: Path, models: int, mode: str, duration: str, limit_ns: int
         recipe_path = Path(tmp) / "bench.yaml"
         recipe_path.write_text(recipe_text(models, duration))
         recipe = load_recipe(recipe_path, build_registry())
-    replay = replay_from_recipe(recipe, sources=[("day", RawFile(path, limit_ns))], path=mode)
+    replay = replay_from_recipe(recipe, sources=[("day", RawFile(path, limit_ns))], path=mode, threads=threads)
     replay.warm_up()  # compile (or load from numba's cache) outside the timing: a first run pays it once
     started = time.perf_counter()
     result = replay.run()
     elapsed = time.perf_counter() - started
     events = sum(result.events.values())
-    return {"events": events, "fills": int(len(result.fills["ts_ns"])), "seconds": elapsed}
+    return {"events": events, "fills": int(len(result.fills["ts_ns"])), "seconds": elapsed,
+            "threads": result.threads}
 
 
 def numpy_pass(path: Path, limit_ns: int | None) -> dict:
@@ -211,16 +224,17 @@ def child(args) -> None:
     if args.mode == "numpy":
         out = numpy_pass(path, limit_ns)
     else:
-        out = engine_pass(path, args.models, args.mode, args.duration, limit_ns)
+        out = engine_pass(path, args.models, args.mode, args.duration, limit_ns, args.threads or None)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
 
-def run_child(data: Path, mode: str, models: int, duration: str, limit_ns: int | None, repeat: int = 1) -> dict:
+def run_child(data: Path, mode: str, models: str, duration: str, limit_ns: int | None, repeat: int = 1,
+              threads: int | None = None) -> dict:
     """The pass in fresh processes, ``repeat`` times: the fastest run's figures (a shared machine only ever
     slows a pass down), with the largest peak memory of them all."""
     cmd = [sys.executable, __file__, "--child", mode, "--data", str(data), "--models", str(models),
-           "--duration", duration, "--limit-ns", str(limit_ns or 0)]
+           "--duration", duration, "--limit-ns", str(limit_ns or 0), "--threads", str(threads or 0)]
     runs = []
     for _ in range(repeat):
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -244,7 +258,12 @@ def main() -> None:
     parser.add_argument("--per-event-limit", default=None,
                         help="run the per-event path on this much of the data only (it is the slow one)")
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "sigkit" / "bench")
-    parser.add_argument("--models", default="1,4", help="which model counts to run: 1, 4 or 1,4")
+    parser.add_argument("--models", default="1,ab,4",
+                        help="which model sets to run, comma-separated: 1 (enhanced_as), ab (two enhanced_as "
+                             "variants sharing one pyramid, as an A/B comparison runs them), 4 (the quickstart)")
+    parser.add_argument("--threads", default="1,0",
+                        help="thread counts of the batch passes, comma-separated (0: one per core, at most one per "
+                             "model; see sigkit run --threads)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="run the numpy and batch passes this many times and keep the fastest (the per-event "
                              "pass runs once)")
@@ -256,12 +275,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         args.mode = args.child
-        args.models = int(args.models)
+        args.threads = int(args.threads)
         child(args)
         return
 
     from sigkit.units import parse_duration
 
+    model_sets = args.models.split(",")
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    unknown = [m for m in model_sets if m not in (*MODEL_SETS, "4")]
+    if unknown:
+        raise SystemExit(f"--models: unknown set {unknown[0]!r}; choose from 1, ab, 4")
     data, meta = simulate_day(args.data_dir, args.duration, args.seed, args.trade_rate)
     first = meta["first_ts_ns"]
     print(f"data: {meta['events']:,} events, {args.duration} of the mixed world at {args.trade_rate:g} trades/s, "
@@ -269,33 +293,37 @@ def main() -> None:
           f"({data.stat().st_size / 1e9:.2f} GB raw; simulated in {meta['simulated_in_s']} s)")
     per_event_limit = first + parse_duration(args.per_event_limit) if args.per_event_limit else None
     rows = []
-    numpy_ref = run_child(data, "numpy", 0, args.duration, None, args.repeat)
+    numpy_ref = run_child(data, "numpy", "0", args.duration, None, args.repeat)
     rows.append(("numpy reference", "-", numpy_ref))
-    for models in [int(m) for m in args.models.split(",")]:
-        per_event = run_child(data, "per-event", models, args.duration, per_event_limit)
-        batch = run_child(data, "batch", models, args.duration, None, args.repeat)
+    for models in model_sets:
+        per_event = run_child(data, "per-event", models, args.duration, per_event_limit, threads=1)
         rows.append(("per-event", models, per_event))
-        rows.append(("batch", models, batch))
+        for threads in thread_counts:
+            rows.append(("batch", models, run_child(data, "batch", models, args.duration, None, args.repeat,
+                                                    threads=threads)))
         if args.streaming:
             span = meta["last_ts_ns"] - first
             for share in (4, 2):
-                part = run_child(data, "batch", models, args.duration, first + span // share, args.repeat)
+                part = run_child(data, "batch", models, args.duration, first + span // share, args.repeat,
+                                 threads=thread_counts[-1])
                 rows.append((f"batch, 1/{share} of the data", models, part))
-    print(f"\n{'pass':<26} {'models':>6} {'events':>12} {'fills':>10} {'seconds':>9} {'events/s':>12} "
-          f"{'peak MB':>8} {'runs':>5}")
+    print(f"\n{'pass':<26} {'models':>6} {'threads':>7} {'events':>12} {'fills':>10} {'seconds':>9} "
+          f"{'events/s':>12} {'peak MB':>8} {'runs':>5}")
     for name, models, r in rows:
         rate = r["events"] / r["seconds"]
-        print(f"{name:<26} {models!s:>6} {r['events']:>12,} {r['fills']:>10,} {r['seconds']:>9.2f} {rate:>12,.0f} "
-              f"{r['peak_rss_mb']:>8.0f} {r['runs']:>5}")
+        print(f"{name:<26} {models!s:>6} {r.get('threads', 1)!s:>7} {r['events']:>12,} {r['fills']:>10,} "
+              f"{r['seconds']:>9.2f} {rate:>12,.0f} {r['peak_rss_mb']:>8.0f} {r['runs']:>5}")
     print()
     ref_rate = numpy_ref["events"] / numpy_ref["seconds"]
-    for models in [int(m) for m in args.models.split(",")]:
+    names = {"1": "1 model (enhanced_as)", "ab": "2 models sharing a pyramid (enhanced_as A/B)",
+             "4": "4 models + stacking (quickstart)"}
+    for models in model_sets:
         pe = next(r for n, m, r in rows if n == "per-event" and m == models)
-        b = next(r for n, m, r in rows if n == "batch" and m == models)
-        b_rate, pe_rate = b["events"] / b["seconds"], pe["events"] / pe["seconds"]
-        print(f"{models} model{'s' if models > 1 else ''}: batch is {b_rate / pe_rate:.1f}x the per-event path and "
-              f"{ref_rate / b_rate:.1f}x slower than the numpy reference")
-
+        pe_rate = pe["events"] / pe["seconds"]
+        for b in (r for n, m, r in rows if n == "batch" and m == models):
+            b_rate = b["events"] / b["seconds"]
+            print(f"{names[models]}, {b['threads']} thread{'s' if b['threads'] > 1 else ''}: batch is "
+                  f"{b_rate / pe_rate:.1f}x the per-event path and {ref_rate / b_rate:.1f}x the numpy reference's time")
 
 if __name__ == "__main__":
     main()

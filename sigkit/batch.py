@@ -53,6 +53,7 @@ class MarketCodes:
     def __init__(self) -> None:
         self._codes: dict[tuple[str, str], int] = {}
         self._keys: list[np.ndarray] = []  # the raw bytes of each market's venue and symbol, as words
+        self._stacked = np.empty((0, (_NAME_END - _NAME_START) // 8), dtype=np.uint64)  # the keys as one array
         self.names: list[tuple[str, str]] = []
 
     def code(self, venue: str, symbol: str) -> int:
@@ -84,13 +85,14 @@ class MarketCodes:
             return out
         rows = np.ascontiguousarray(chunk).view(np.uint8).reshape(n, EVENT_DTYPE.itemsize)
         words = np.ascontiguousarray(rows[:, _NAME_START:_NAME_END]).view(np.uint64)
-        left = np.ones(n, dtype=bool)
-        for code, key in enumerate(self._keys):
-            hit = (words == key).all(axis=1)
-            out[hit] = code
-            left &= ~hit
-            if not left.any():
+        if self._keys:
+            from sigkit import fast  # (compiled: a few compares a row)
+
+            if len(self._stacked) != len(self._keys):
+                self._stacked = np.vstack(self._keys)
+            if not fast.match_markets(words, self._stacked, out):
                 return out
+        left = out < 0
         while left.any():  # markets not seen before, numbered in order of first appearance
             r = int(np.argmax(left))
             code = self.code(str(chunk["venue"][r]), str(chunk["symbol"][r]))
@@ -105,6 +107,7 @@ class MarketCodes:
     def load_state_dict(self, state: dict) -> None:
         self._codes.clear()
         self._keys.clear()
+        self._stacked = self._stacked[:0]
         self.names.clear()
         for venue, symbol in state["names"]:
             self.code(venue, symbol)

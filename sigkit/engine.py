@@ -81,6 +81,7 @@ class RunResult:
     # The interval of state_history: the recipe's snapshot_interval, doubled as often as the run's length
     # needed to keep at most max_snapshots (None: no snapshots).
     state_interval_ns: int | None = None
+    threads: int = 1  # threads the batch models ran in
 
 
 class _Stopped(Exception):
@@ -1165,7 +1166,7 @@ class _State:
         return RunResult(
             paths=self._paths(),
             model_ids=list(self.replay.model_ids), fills=fills, predictions=predictions, states=self.describe_all(),
-            state_history=self.history, state_interval_ns=self.snapshot_interval, dropped=dict(self.dropped),
+            state_history=self.history, state_interval_ns=self.snapshot_interval, threads=self.threads, dropped=dict(self.dropped),
             markout_horizons_ns=self.horizons, events=dict(self.events), first_ts_ns=self.first_ts,
             last_ts_ns=self.last_ts, completed=completed, stop_reason=stop_reason, elapsed_s=elapsed_s,
         )

@@ -170,3 +170,28 @@ def first_invalid(p, confidence):
         if not (confidence[i] >= 0.0 and confidence[i] <= 1.0):
             return -(1 + i)
     return 0
+
+
+@kernel
+def match_markets(words, keys, out):
+    """:meth:`sigkit.MarketCodes.of_chunk`'s match: ``out[r]`` = the row of ``keys`` equal to ``words[r]``
+    (each a market's venue and symbol bytes, as words), or -1; returns how many rows matched none."""
+    unmatched = 0
+    last = 0
+    n_keys, width = keys.shape
+    for r in range(words.shape[0]):
+        out[r] = -1
+        for i in range(n_keys):
+            c = (last + i) % n_keys  # rows of one market come in runs: try the last match first
+            same = True
+            for w in range(width):
+                if words[r, w] != keys[c, w]:
+                    same = False
+                    break
+            if same:
+                out[r] = c
+                last = c
+                break
+        if out[r] < 0:
+            unmatched += 1
+    return unmatched

@@ -147,6 +147,7 @@ def build_report(result: RunResult, recipe, *, sources: list[dict], plugins: lis
             "elapsed_s": round(result.elapsed_s, 3),
             "events_per_s": round(events_total / result.elapsed_s) if result.elapsed_s > 0 else None,
             "paths": dict(result.paths),  # model or ensemble -> "batch" (on_batch) or "per-event"
+            "threads": result.threads,  # the batch models ran side by side in this many threads
         },
     }
 
