@@ -57,7 +57,8 @@ the query time, which the engine guarantees is later than every event seen.
 Batch path: ``on_batch`` runs the same hooks over a whole piece in one compiled kernel
 (:func:`_onchain_oi_kernel`) that calls the compiled twins of the formula functions below, so its
 predictions are those of the per-event hooks bit for bit; the OI additions are held there in a numpy
-ring and written back to ``additions`` after each piece.
+ring, kept from piece to piece and read back into ``additions`` only when something asks for them (a
+per-event hook, a checkpoint).
 """
 
 from __future__ import annotations
@@ -292,7 +293,8 @@ class OnlineStandardiser(sigkit.LearnedState):
 class OnchainOI(sigkit.LearnedState):
     """Open interest, funding and liquidations of the target market, learned online (see the module doc)."""
 
-    STATE_VERSION = 2  # 1: no batch-path memory of pending fills (slots)
+    STATE_VERSION = 3  # 1: no batch-path memory of pending fills (slots); 2: additions not yet in _additions
+    STATE_EXCLUDE = ("params", "target", "_ring")
 
     def __init__(self, params: OnchainOIParams, context: sigkit.RunContext):
         self.params = params
@@ -303,8 +305,10 @@ class OnchainOI(sigkit.LearnedState):
         self.funding = 0.0
         self.mid: float | None = None
         self.mark: float | None = None
-        # OI additions in the concentration window: (ts_ns, added OI, reference price).
-        self.additions: deque[tuple[int, float, float]] = deque()
+        # OI additions in the concentration window: (ts_ns, added OI, reference price).  The batch path keeps
+        # them in its arrays between pieces (``_ring``); ``additions`` reads them back when asked.
+        self._additions: deque[tuple[int, float, float]] = deque()
+        self._ring: tuple | None = None
         self._concentration_key = None
         self._concentration = 0.0
         h = params.liquidation_halflife_ns
@@ -447,6 +451,29 @@ class OnchainOI(sigkit.LearnedState):
         self.cost.update(outcome.was_adverse, outcome.realized_as_bps)
 
 
+    @property
+    def additions(self) -> deque:
+        """The OI additions in the concentration window, oldest first: ``(ts_ns, added OI, price)``."""
+        if self._ring is not None:
+            ring_ts, ring_added, ring_at, head, held = self._ring
+            order = (head + np.arange(held)) % len(ring_ts)
+            self._additions = deque(zip(ring_ts[order].tolist(), ring_added[order].tolist(),
+                                        ring_at[order].tolist()))
+            self._ring = None
+        return self._additions
+
+    @additions.setter
+    def additions(self, value) -> None:
+        self._additions, self._ring = value, None
+
+    def state_dict(self) -> dict:
+        self.additions  # noqa: B018  (the batch path's ring back into the deque that is saved)
+        return super().state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self._ring = None
+        super().load_state_dict(state)
+
     # The batch path ------------------------------------------------------------------------------------
 
     def on_batch(self, batch: sigkit.Batch) -> sigkit.BatchPredictions:
@@ -467,7 +494,7 @@ class OnchainOI(sigkit.LearnedState):
                            self._concentration, math.nan if key is None else key[2], self.reliability,
                            self.reliability_precision, model.intercept, rate._adverse, rate._total, *cost._sum])
         istate = np.array([int(self.seen_stat), NO_TS if self.last_liq_ts is None else self.last_liq_ts,
-                           self.last_liq_side, 0, len(self.additions), key is not None,
+                           self.last_liq_side, 0, len(self._additions), key is not None,
                            0 if key is None else key[0], 0 if key is None else key[1], scaler.n, model.n_updates,
                            rate.n, NO_TS if rate._last_ts is None else rate._last_ts, *cost._n], dtype=np.int64)
         mean, var = np.array(scaler.mean, dtype=float), np.array(scaler.var, dtype=float)
@@ -476,14 +503,19 @@ class OnchainOI(sigkit.LearnedState):
         # piece (each adds at most one), so the kernel never runs out; if it did, it would stop before the
         # step that needs room, and the ring grows and the kernel goes on from that step.
         n_stats = int(np.count_nonzero((batch.kind == STAT) & (batch.market == target)))
-        capacity = _ring_capacity(len(self.additions), n_stats)
-        ring_ts = np.zeros(capacity, dtype=np.int64)
-        ring_added, ring_at = np.zeros(capacity), np.zeros(capacity)
-        if self.additions:
-            held = len(self.additions)
-            ring_ts[:held] = [entry[0] for entry in self.additions]
-            ring_added[:held] = [entry[1] for entry in self.additions]
-            ring_at[:held] = [entry[2] for entry in self.additions]
+        if self._ring is not None:  # the arrays of the last piece, as it left them
+            ring_ts, ring_added, ring_at, istate[3], istate[4] = self._ring
+            capacity = len(ring_ts)
+        else:
+            additions = self._additions
+            capacity = _ring_capacity(len(additions), n_stats)
+            ring_ts = np.zeros(capacity, dtype=np.int64)
+            ring_added, ring_at = np.zeros(capacity), np.zeros(capacity)
+            if additions:
+                held = len(additions)
+                ring_ts[:held] = [entry[0] for entry in additions]
+                ring_added[:held] = [entry[1] for entry in additions]
+                ring_at[:held] = [entry[2] for entry in additions]
         params = self.params
         columns = (batch.column("bid_px"), batch.column("ask_px"), batch.column("open_interest"),
                    batch.column("funding_rate"), batch.column("mark_price"), batch.column("side"),
@@ -525,8 +557,7 @@ class OnchainOI(sigkit.LearnedState):
         self._concentration_key = (key_n, key_last, key_price) if key_valid else None
         scaler.mean, scaler.var = mean.tolist(), var.tolist()
         model.weights, self.averaged = weights.tolist(), averaged.tolist()
-        order = (head + np.arange(held)) % len(ring_ts)
-        self.additions = deque(zip(ring_ts[order].tolist(), ring_added[order].tolist(), ring_at[order].tolist()))
+        self._ring = (ring_ts, ring_added, ring_at, head, held)
         return sigkit.BatchPredictions(out[0], out[1], out[2])
 
 
