@@ -213,32 +213,65 @@ def _assert_same_estimate(mine, theirs):
         assert repr(a) == repr(b), name
 
 
-def test_compiled_grid_sums_and_estimates_are_the_numpy_ones_on_a_replay(tmp_path, monkeypatch):
-    # The series the model estimates on in a simulated lead-lag world (both paths: per event and batch).
-    import sigkit_cross_asset
-    from sigkit_cross_asset.leadlag import _estimate_lead_lag_numpy, _hy_covariance_on_grid_numpy
+def _window_of(model):
+    """The window the model's accumulators hold: leader and target times and log mids (its own)."""
+    from sigkit_cross_asset import window as W
 
-    seen = []
-    real = sigkit_cross_asset.estimate_on_grid
+    w = model.wstate
+    kx, n0, ky, n1 = (int(w[k]) for k in (W.WIN_START, W.WIN_END, W.ROW + W.WIN_START, W.ROW + W.WIN_END))
+    return (model.tick_ts[0, kx:n0], model.tick_log[0, kx:n0], model.tick_mid[0, kx:n0],
+            model.tick_ts[1, ky:n1], model.tick_log[1, ky:n1], model.tick_mid[1, ky:n1])
 
-    def checked(grid, x_ts, x, y_ts, y, ts_ns=None):
-        shifts = grid.shifts
-        args = (x_ts, x, y_ts, y, int(shifts[0]), int(shifts[1] - shifts[0]), len(shifts))
-        u, v = hy_covariance_on_grid(*args, with_null_variance=True)
-        u0, v0 = _hy_covariance_on_grid_numpy(*args, with_null_variance=True)
-        seen.append(u.tobytes() == u0.tobytes() and v.tobytes() == v0.tobytes())
-        mine = real(grid, x_ts, x, y_ts, y, ts_ns)
-        _assert_same_estimate(mine, _estimate_lead_lag_numpy(x_ts, x, y_ts, y, shifts, ts_ns=ts_ns))
-        _assert_same_estimate(estimate_lead_lag(x_ts, x, y_ts, y, shifts, ts_ns=ts_ns), mine)
-        return mine
 
-    monkeypatch.setattr(sigkit_cross_asset, "estimate_on_grid", checked)
-    path = tmp_path / "leadlag.yaml"
-    path.write_text(RECIPE.format(world="leadlag", seed=3, duration="3m", name="leadlag3"))
-    recipe = load_recipe(path, build_registry())
-    for how in ("per-event", "batch"):
-        replay_from_recipe(recipe, path=how).run()
-    assert len(seen) > 20 and all(seen)
+def assert_sliding_sums_match(model, exact_when_rebuilt=True):
+    """The model's sliding-window U and V against the from-scratch sums on its window (bit for bit right
+    after a rebuild, to 1e-9 of max|U| otherwise), and its log mids against Python's math.log."""
+    from sigkit_cross_asset import window as W
+
+    x_ts, lx, x, y_ts, ly, y = _window_of(model)
+    assert lx.tolist() == [math.log(v) for v in x.tolist()] and ly.tolist() == [math.log(v) for v in y.tolist()]
+    g = model._grid
+    u0, v0 = hy_covariance_on_grid(x_ts, lx, y_ts, ly, g.first, g.step, g.n, with_null_variance=True)
+    u, v = W.grid_sums(model.acc, g.n)
+    if exact_when_rebuilt and model.wstate[W.SINCE_REBUILD] == 0:
+        assert u.tobytes() == u0.tobytes() and v.tobytes() == v0.tobytes()
+    scale = np.abs(u0).max()
+    np.testing.assert_allclose(u, u0, rtol=0, atol=1e-9 * scale)
+    np.testing.assert_allclose(v, v0, rtol=0, atol=1e-9 * np.abs(v0).max())
+    return u0, v0
+
+
+def test_sliding_window_estimates_are_the_from_scratch_ones_on_a_replay():
+    # Every estimate the model makes in a simulated lead-lag world against estimate_lead_lag on the same
+    # window: the sums to rounding (exact right after a rebuild), and the lag, z-score and curve.
+    from sigkit_cross_asset import window as W
+
+    model = CrossAsset(CrossAssetParams(), sigkit.RunContext(target=TARGET, horizon_ns=H))
+    real = model._reestimate
+    seen = {"rebuilt": 0, "slid": 0}
+
+    def checked(now_ns):
+        before = model.n_estimates
+        real(now_ns)
+        if model.n_estimates == before:
+            return
+        seen["rebuilt" if model.wstate[W.SINCE_REBUILD] == 0 else "slid"] += 1
+        u0, _ = assert_sliding_sums_match(model)
+        x_ts, lx, _, y_ts, ly, _ = _window_of(model)
+        theirs = estimate_lead_lag(x_ts, lx, y_ts, ly, model.shifts_ns, ts_ns=now_ns)
+        mine = model.estimate
+        top = np.sort(np.abs(u0))[-2:]
+        if top[1] - top[0] > 1e-9 * top[1]:  # not a near-tie
+            assert mine.lag_ns == theirs.lag_ns
+        assert mine.z_score == pytest.approx(theirs.z_score, rel=1e-9)
+        np.testing.assert_allclose(mine.rho, theirs.rho, rtol=0, atol=1e-9)
+        assert (mine.n_leader, mine.n_follower, mine.ts_ns) == (theirs.n_leader, theirs.n_follower, theirs.ts_ns)
+
+    model._reestimate = checked
+    replay = Replay(sources=[("sim", ListSource(_simulate(sigkit.sim.world_spec("leadlag"), 3, 8)))],
+                    models=[("ca", model)], target=TARGET, labelling=Labelling(H), path="per-event")
+    replay.run()
+    assert seen["rebuilt"] >= 2 and seen["slid"] > 50, seen
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -436,19 +469,21 @@ def test_bad_settings_are_refused_when_the_model_is_built():
 # -- the model in the simulator ---------------------------------------------------------------------------
 
 def _run_model(sources, **params):
-    """Replay chunk lists through one cross_asset instance; return the instance, its estimates and scores."""
+    """Replay chunk lists through one cross_asset instance (per event: the batch path makes the same estimates,
+    inside its kernel); return the instance, its estimates and scores."""
     model = CrossAsset(CrossAssetParams(**params), sigkit.RunContext(target=TARGET, horizon_ns=H))
     estimates = []
-    estimate = model._estimate  # both paths estimate through it (the batch path between kernel calls)
+    reestimate = model._reestimate  # the per-event path's call of the compiled estimator
 
-    def spy(now_ns, *series):
-        estimate(now_ns, *series)
-        if model.estimate is not None and model.estimate.ts_ns == now_ns:
+    def spy(now_ns):
+        before = model.n_estimates
+        reestimate(now_ns)
+        if model.n_estimates > before:
             estimates.append(model.estimate)
 
-    model._estimate = spy
+    model._reestimate = spy
     replay = Replay(sources=[(f"s{k}", ListSource(c)) for k, c in enumerate(sources)], models=[("ca", model)],
-                    target=TARGET, labelling=Labelling(H))
+                    target=TARGET, labelling=Labelling(H), path="per-event")
     return model, estimates, score_run(replay.run(), horizon_ns=H)["ca"]
 
 
@@ -512,7 +547,7 @@ def test_no_look_ahead_predictions_do_not_depend_on_what_follows():
     assert (short.predictions["ca"]["confidence"] > 0).sum() > 500  # the leader was in use in the prefix
 
 
-# -- the batch path (on_batch: a numba kernel, the lead-lag estimate made between kernel calls) ------------
+# -- the batch path (on_batch: one numba kernel call, the lead-lag estimate made inline) -------------------
 
 def _small_pieces(chunks, rows=97):
     """The chunks cut into pieces of about ``rows`` rows at timestamp boundaries, so that the tick windows,
@@ -528,39 +563,44 @@ def _small_pieces(chunks, rows=97):
     return out
 
 
+def assert_same_state(mine: dict, theirs: dict, skip=()):
+    """Two ``state_dict()["attrs"]``: arrays byte for byte (dtype and shape too), the rest by repr."""
+    assert set(mine) == set(theirs)
+    for name in mine:
+        if name in skip:
+            continue
+        a, b = mine[name], theirs[name]
+        if isinstance(b, np.ndarray):
+            assert isinstance(a, np.ndarray) and (a.dtype, a.shape) == (b.dtype, b.shape), name
+            assert a.tobytes() == b.tobytes(), name
+        else:
+            assert repr(a) == repr(b), name
+
+
 @pytest.mark.parametrize("target_move", [False, True])
 def test_batch_path_estimates_at_the_same_events_and_leaves_the_same_state(target_move):
-    # A short window and frequent estimates, so changes expire from the tick windows within a run of batches.
-    params = {"window_ns": 40 * S, "reestimate_ns": S, "min_changes": 20, "min_z": 3.0, "target_move": target_move}
-    chunks = _small_pieces(_simulate(sigkit.sim.world_spec("mixed"), seed=4, minutes=3))
-    runs = {}
-    for path in ("per-event", "batch"):
-        model = CrossAsset(CrossAssetParams(**params), sigkit.RunContext(target=TARGET, horizon_ns=H))
-        calls = []
-        estimate = model._estimate
-
-        def spy(now_ns, *series, estimate=estimate, calls=calls):
-            calls.append((now_ns, *(np.asarray(a).tolist() for a in series)))
-            estimate(now_ns, *series)
-
-        model._estimate = spy
-        replay = Replay(sources=[("sim", ListSource(chunks))], models=[("ca", model)], target=TARGET,
-                        labelling=Labelling(H), path=path)
-        result = replay.run()
-        del model._estimate
-        runs[path] = (model, calls, result.predictions["ca"])
-    (reference, calls, expected), (model, batch_calls, got) = runs["per-event"], runs["batch"]
-    assert len(calls) > 100 and batch_calls == calls  # the same windows, at the same event times
-    for key in ("p", "confidence", "cost_bps"):
-        np.testing.assert_array_equal(got[key], expected[key])
+    # A short window and frequent estimates, so changes expire from the tick windows within a run of batches
+    # and the target's tick store is compacted; compared after half and all of the pieces.
+    params = {"window_ns": 20 * S, "reestimate_ns": S, "min_changes": 20, "min_z": 3.0, "target_move": target_move}
+    chunks = _small_pieces(_simulate(sigkit.sim.world_spec("mixed"), seed=4, minutes=6))
+    for end in (len(chunks) // 2, len(chunks)):
+        runs = {}
+        for path in ("per-event", "batch"):
+            model = CrossAsset(CrossAssetParams(**params), sigkit.RunContext(target=TARGET, horizon_ns=H))
+            replay = Replay(sources=[("sim", ListSource(chunks[:end]))], models=[("ca", model)], target=TARGET,
+                            labelling=Labelling(H), path=path)
+            runs[path] = (model, replay.run().predictions["ca"])
+        (reference, expected), (model, got) = runs["per-event"], runs["batch"]
+        for key in ("p", "confidence", "cost_bps"):
+            np.testing.assert_array_equal(got[key], expected[key])
+        assert model.n_estimates == reference.n_estimates > 100 * end // len(chunks)
+        assert model.describe() == reference.describe()
+        assert_same_state(model.state_dict()["attrs"], reference.state_dict()["attrs"], skip={"pending", "slots"})
+        assert_sliding_sums_match(model)
+    events = np.concatenate(chunks)
+    target_books = events[(events["venue"] == TARGET.venue) & (events["kind"] == sigkit.BOOK)]
+    assert model.tick_ts[1, 0] > target_books["ts_ns"][0]  # compacted
     assert (got["confidence"] > 0).sum() > 300
-    assert model.describe() == reference.describe()
-    for name in ("leader_ticks", "target_ticks"):
-        a, b = getattr(reference, name), getattr(model, name)
-        assert (a.ts[a.start:], a.mid[a.start:]) == (b.ts[b.start:], b.mid[b.start:])
-    skip = {"leader_ticks", "target_ticks", "pending", "slots"}
-    mine, theirs = model.state_dict()["attrs"], reference.state_dict()["attrs"]
-    assert {k: repr(v) for k, v in mine.items() if k not in skip} == {k: repr(v) for k, v in theirs.items() if k not in skip}
     # The kernel's state carries on in the per-event hooks: one more book update and fill agree.
     later = chunks[-1]["ts_ns"][-1] + 1
     for m in (reference, model):

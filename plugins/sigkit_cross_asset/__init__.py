@@ -28,29 +28,32 @@ at the lag is not significant (``|z| < min_z``, z the HY covariance over its sta
 independence), the model returns the causal base rate itself with confidence 0: a leader unrelated to
 the target must not feed noise to the fit.
 
-The latest estimate is kept as ``model.estimate`` (:class:`LeadLagEstimate`: ``lag_ns``, the
-correlation at the lag, the correlation at zero shift, the lead/lag ratio, the z-score); ``model.lag_ns``,
-``model.correlation`` and ``model.lead_lag_ratio`` read it, and ``describe()`` puts it in the report.
+The model keeps each market's mid changes, the estimator's sliding-window sums and the latest estimate in
+numpy arrays (:mod:`sigkit_cross_asset.window`): the estimate is updated from the sums every ``reestimate``
+rather than recomputed over the whole window.  ``model.estimate`` is a :class:`LeadLagEstimate` built from
+them when read (``lag_ns``, the correlation at the lag, the correlation at zero shift, the lead/lag ratio,
+the z-score, the correlation curve); ``model.lag_ns``, ``model.correlation`` and ``model.lead_lag_ratio`` read
+the arrays, and ``describe()`` puts the estimate in the report.
 
-The batch path (``on_batch``) runs the same hooks in a numba kernel (:mod:`sigkit_cross_asset.kernel`) on the
-compiled twins of the same formulas (:mod:`sigkit_cross_asset.leadlag`), and makes each lead-lag estimate
-with the same numpy code between two kernel calls, at the same point in event order, so its predictions and
-state equal the per-event path's (bit for bit on every simulated world and the Binance recording checked).
+The batch path (``on_batch``) runs the same hooks in one numba kernel call per batch
+(:mod:`sigkit_cross_asset.kernel`) on the compiled twins of the same formulas and on the same arrays; each
+lead-lag estimate is made inside the kernel by the compiled estimator the per-event path calls, so its
+predictions and state equal the per-event path's bit for bit.
 """
 
 from __future__ import annotations
-
-from bisect import bisect_right
 
 import attrs
 import numpy as np
 
 import sigkit
-from sigkit_cross_asset import kernel as _kernel
+from sigkit_cross_asset import kernel as _kernel, window as _window
 from sigkit_cross_asset.leadlag import (
-    LeadLagEstimate, LeadLagGrid, cauchy_schwarz_bound, estimate_lead_lag, estimate_on_grid, hy_covariance_on_grid, hy_shifted_covariance, hy_shifted_covariance_brute,
-    lead_lag_ratio, leader_step_mean, move_bps, shift_grid, squash_features,
+    LeadLagEstimate, LeadLagGrid, cauchy_schwarz_bound, estimate_lead_lag, hy_covariance_on_grid, hy_shifted_covariance,
+    hy_shifted_covariance_brute, lead_lag_ratio, leader_step_mean, move_bps, shift_grid, squash_features,
 )
+from sigkit_cross_asset.leadlag import _ratio_of_squares
+from sigkit_cross_asset.window import estimate_due, mid_at, record_tick
 
 __all__ = [
     "CrossAsset", "CrossAssetParams", "LeadLagEstimate", "cauchy_schwarz_bound", "estimate_lead_lag", "hy_covariance_on_grid",
@@ -83,48 +86,10 @@ class CrossAssetParams:
 
 
 
-class _MidTicks(sigkit.LearnedState):
-    """The times and mids of one market's mid changes, kept for a rolling span (O(1) amortised per tick)."""
-
-    def __init__(self, keep_ns: int):
-        self.keep_ns = keep_ns
-        self.ts: list[int] = []
-        self.mid: list[float] = []
-        self.start = 0  # entries before this index are expired
-
-    def add(self, ts_ns: int, mid: float) -> bool:
-        """Record ``mid`` at ``ts_ns`` if it changed; True if it did."""
-        if self.mid and mid == self.mid[-1]:
-            return False
-        self.ts.append(ts_ns)
-        self.mid.append(mid)
-        oldest_needed = ts_ns - self.keep_ns
-        ts, start = self.ts, self.start
-        while start < len(ts) - 1 and ts[start + 1] <= oldest_needed:  # keep the mid in force then
-            start += 1
-        if start > 1024 and start > len(ts) // 2:
-            del self.ts[:start], self.mid[:start]
-            start = 0
-        self.start = start
-        return True
-
-    @property
-    def last(self) -> float:
-        return self.mid[-1]
-
-    def at(self, ts_ns: int) -> float:
-        """The mid in force at ``ts_ns`` (the last change at or before it; the oldest kept one if none)."""
-        k = bisect_right(self.ts, ts_ns, self.start) - 1
-        return self.mid[max(k, self.start)]
-
-    def since(self, ts_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        """Times and mids of the changes at or after ``ts_ns``."""
-        k = bisect_right(self.ts, ts_ns - 1, self.start)
-        return np.array(self.ts[k:], dtype=np.int64), np.array(self.mid[k:], dtype=float)
-
-
 class CrossAsset(sigkit.LearnedState):
     """HRY lead-lag estimate of a leader market, and its unreflected move fed to an online logistic fit."""
+
+    STATE_VERSION = 2  # 1: the changes in lists (_MidTicks), the estimate as a record, no sliding-window sums
 
     def __init__(self, params: CrossAssetParams, context: sigkit.RunContext):
         # Checked here rather than in the params class: an error from the factory reaches the user as a
@@ -141,12 +106,16 @@ class CrossAsset(sigkit.LearnedState):
         if self.leader == self.target:
             raise ValueError(f"the leader market {self.leader} is the target itself")
         self.shifts_ns = shift_grid(params.lead_max_ns, params.lag_max_ns, params.lag_step_ns)
-        # The grid prepared for the estimates, with the array it was made from (not state: rebuilt from
-        # shifts_ns, e.g. after a checkpoint replaced that array).
-        self._grid = (self.shifts_ns, LeadLagGrid(self.shifts_ns))
-        keep_ns = params.window_ns + params.lag_max_ns
-        self.leader_ticks = _MidTicks(keep_ns)
-        self.target_ticks = _MidTicks(keep_ns)
+        self._prepare_grid()
+        # The mid changes of the leader (row 0) and the target (row 1), and the estimator's state and last
+        # estimate (sigkit_cross_asset.window): one set of arrays for both paths.
+        self.tick_ts = np.zeros((2, 0), dtype=np.int64)
+        self.tick_mid = np.zeros((2, 0))
+        self.tick_log = np.zeros((2, 0))
+        self.wstate = np.zeros(_window.N_WSTATE, dtype=np.int64)
+        self.west = np.zeros(_window.N_WEST)
+        self.rho = np.zeros(len(self.shifts_ns))  # the correlation curve of the last estimate
+        self.acc = np.zeros((4, len(self.shifts_ns) + 1))  # run-start/run-end bins of U and V
         self.leader_step_bps = 0.0  # running mean |leader mid change| in bps (reported; gates the features)
         self.n_leader_steps = 0
         # Running moments of the leader's move over the lag at the fills the features are computed for:
@@ -154,9 +123,6 @@ class CrossAsset(sigkit.LearnedState):
         self.n_moves = 0
         self.move_sq_bps2 = 0.0
         self.mean_size = 0.0  # running mean of tanh(|L| / s), which centres the size feature
-        self.next_estimate_ns: int | None = None
-        self.estimate: LeadLagEstimate | None = None
-        self.n_estimates = 0
         self.model = sigkit.OnlineLogistic(3 if params.target_move else 2, learning_rate=params.learning_rate, l2=params.l2,
                                            intercept_learning_rate=0.0)
         self.base_rate = sigkit.RunningBaseRate()
@@ -164,48 +130,109 @@ class CrossAsset(sigkit.LearnedState):
         self.pending = sigkit.PendingFills()  # fill -> (features, offset)
         self.slots = sigkit.FillSlots(self.n_features + 1)  # the batch path's memory of each fill: features, offset
 
+    def _prepare_grid(self) -> None:
+        """The grid of ``shifts_ns`` prepared for the estimator, and the estimator's integer settings (not
+        state: rebuilt from ``shifts_ns`` and the params, e.g. after a checkpoint)."""
+        grid = LeadLagGrid(self.shifts_ns)
+        if not grid.compiled:
+            raise ValueError("the lag grid's bounds are out of range")
+        params = self.params
+        self._grid = grid
+        self._ratio_of = None  # (curve bytes, its lead/lag ratio)
+        self._rebuild_every = -(-params.window_ns // params.reestimate_ns)
+        self._iparams = np.array([params.window_ns + params.lag_max_ns, params.reestimate_ns, params.window_ns,
+                                  params.min_changes, grid.first, grid.step, grid.n, grid.zero, self._rebuild_every],
+                                 dtype=np.int64)
+
     @property
     def n_features(self) -> int:
         return 3 if self.params.target_move else 2
 
+    @property
+    def n_estimates(self) -> int:
+        return int(self.wstate[_window.N_ESTIMATES])
+
+    @property
+    def next_estimate_ns(self) -> int | None:
+        return int(self.wstate[_window.NEXT]) if self.wstate[_window.HAS_NEXT] else None
+
     # -- learned state (checkpoints) -----------------------------------------------------------------
 
-    STATE_EXCLUDE = ("params", "target", "leader", "estimate", "_grid")  # the estimate is a frozen record: saved apart
+    STATE_EXCLUDE = ("params", "target", "leader", "_grid", "_ratio_of", "_rebuild_every", "_iparams")
 
     def state_dict(self) -> dict:
+        """The learned state, with the tick stores cut to the changes held (and nothing past them), so
+        the saved state does not depend on how much room the arrays had."""
         state = super().state_dict()
-        e = self.estimate
-        state["estimate"] = None if e is None else {
-            **{f: getattr(e, f) for f in attrs.fields_dict(LeadLagEstimate) if f not in ("shifts_ns", "rho")},
-            "shifts_ns": list(e.shifts_ns), "rho": list(e.rho)}
+        w = self.wstate
+        n = [int(w[r * _window.ROW + _window.N]) for r in (0, 1)]
+        logged = [int(w[r * _window.ROW + _window.LOGGED]) for r in (0, 1)]
+        width = max(n)
+        saved = state["attrs"]
+        for name, ends in (("tick_ts", n), ("tick_mid", n), ("tick_log", [min(a, b) for a, b in zip(logged, n)])):
+            array = np.zeros((2, width), dtype=getattr(self, name).dtype)
+            for r in (0, 1):
+                array[r, :ends[r]] = getattr(self, name)[r, :ends[r]]
+            saved[name] = array
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self._grid = (self.shifts_ns, LeadLagGrid(self.shifts_ns))
-        e = state.get("estimate")
-        self.estimate = None if e is None else LeadLagEstimate(
-            **{**e, "shifts_ns": tuple(e["shifts_ns"]), "rho": tuple(e["rho"])})
+        self._prepare_grid()
 
     # -- the current estimate ------------------------------------------------------------------------
 
     @property
+    def estimate(self) -> LeadLagEstimate | None:
+        """The latest estimate (built from the estimator's state arrays when read)."""
+        w, e = self.wstate, self.west
+        if not w[_window.HAS_ESTIMATE]:
+            return None
+        return LeadLagEstimate(
+            lag_ns=int(w[_window.LAG]), correlation=float(e[_window.CORR]),
+            correlation_at_zero=float(e[_window.CORR_ZERO]), lead_lag_ratio=self._ratio(),
+            z_score=float(e[_window.Z]), n_leader=int(w[_window.N_LEADER]), n_follower=int(w[_window.N_FOLLOWER]),
+            ts_ns=int(w[_window.TS]), shifts_ns=self._grid.shifts_tuple, rho=tuple(self.rho.tolist()))
+
+    @estimate.setter
+    def estimate(self, e: LeadLagEstimate | None) -> None:
+        """Put an estimate in place of the current one (what-if analysis, tests): its curve is kept if it is
+        on the model's grid (else NaN), the lead/lag ratio is that of the curve, and a missing ``ts_ns`` reads
+        back as 0."""
+        w, f = self.wstate, self.west
+        if e is None:
+            w[_window.HAS_ESTIMATE] = 0
+            return
+        w[_window.HAS_ESTIMATE], w[_window.LAG], w[_window.TS] = 1, e.lag_ns, e.ts_ns or 0
+        w[_window.N_LEADER], w[_window.N_FOLLOWER] = e.n_leader, e.n_follower
+        f[_window.Z], f[_window.CORR], f[_window.CORR_ZERO] = e.z_score, e.correlation, e.correlation_at_zero
+        self.rho[:] = e.rho if len(e.rho) == len(self.rho) else np.nan
+
+    @property
     def lag_ns(self) -> int | None:
-        return None if self.estimate is None else self.estimate.lag_ns
+        return int(self.wstate[_window.LAG]) if self.wstate[_window.HAS_ESTIMATE] else None
 
     @property
     def correlation(self) -> float | None:
-        return None if self.estimate is None else self.estimate.correlation
+        return float(self.west[_window.CORR]) if self.wstate[_window.HAS_ESTIMATE] else None
 
     @property
     def lead_lag_ratio(self) -> float | None:
-        return None if self.estimate is None else self.estimate.lead_lag_ratio
+        return self._ratio() if self.wstate[_window.HAS_ESTIMATE] else None
+
+    def _ratio(self) -> float:
+        """The lead/lag ratio of the current curve (:func:`lead_lag_ratio`, made when asked for and kept
+        until the curve changes)."""
+        key = self.rho.tobytes()
+        if self._ratio_of is None or self._ratio_of[0] != key:
+            self._ratio_of = (key, _ratio_of_squares(self._grid.shifts_tuple, self.rho.tolist()))
+        return self._ratio_of[1]
 
     @property
     def estimate_in_use(self) -> bool:
         """Is the current estimate one the model acts on (leader ahead, significant)?"""
-        e = self.estimate
-        return e is not None and e.lag_ns > 0 and abs(e.z_score) >= self.params.min_z
+        w = self.wstate
+        return bool(w[_window.HAS_ESTIMATE] and w[_window.LAG] > 0 and abs(self.west[_window.Z]) >= self.params.min_z)
 
     def describe(self) -> dict:
         """The latest lead-lag estimate and the fitted weights (recorded in the report)."""
@@ -223,49 +250,51 @@ class CrossAsset(sigkit.LearnedState):
 
     # -- market events -------------------------------------------------------------------------------
 
+    def _make_room(self, leader: int, target: int) -> None:
+        """Grow the tick stores so the leader's row has room for ``leader`` more changes, the target's for
+        ``target``."""
+        w = self.wstate
+        need = max(int(w[_window.N]) + leader, int(w[_window.ROW + _window.N]) + target)
+        have = self.tick_ts.shape[1]
+        if need <= have:
+            return
+        size = max(need, 2 * have, 1024)
+        for name in ("tick_ts", "tick_mid", "tick_log"):
+            old = getattr(self, name)
+            new = np.zeros((2, size), dtype=old.dtype)
+            new[:, :have] = old
+            setattr(self, name, new)
+
     def on_book_update(self, book: sigkit.BookUpdate) -> None:
         venue, symbol = book.venue, book.symbol
         if venue == self.leader.venue and symbol == self.leader.symbol:
-            ticks = self.leader_ticks
+            row = 0
         elif venue == self.target.venue and symbol == self.target.symbol:
-            ticks = self.target_ticks
+            row = 1
         else:
             return
         mid = 0.5 * (book.bid_px + book.ask_px)
         if not mid > 0:  # an empty or crossed-out side
             return
-        previous = ticks.mid[-1] if ticks.mid else None
-        if not ticks.add(book.ts_ns, mid):
+        w = self.wstate
+        n = int(w[row * _window.ROW + _window.N])
+        if n >= self.tick_ts.shape[1]:
+            self._make_room(1, 1)
+        previous = float(self.tick_mid[0, n - 1]) if row == 0 and n > 0 else None
+        if not record_tick(self.tick_ts, self.tick_mid, self.tick_log, w, row, book.ts_ns, mid, int(self._iparams[0])):
             return
-        if ticks is self.leader_ticks and previous is not None:
+        if previous is not None:
             self.n_leader_steps += 1
             self.leader_step_bps = leader_step_mean(self.leader_step_bps, previous, mid, self.n_leader_steps)
-        if self.next_estimate_ns is None:
-            self.next_estimate_ns = book.ts_ns + self.params.reestimate_ns
-        elif book.ts_ns >= self.next_estimate_ns:
+        if estimate_due(w, book.ts_ns, self.params.reestimate_ns):
             self._reestimate(book.ts_ns)
 
     def _reestimate(self, now_ns: int) -> None:
-        """HRY over the mid changes of the last ``window`` (everything seen up to ``now_ns``)."""
-        self.next_estimate_ns = now_ns + self.params.reestimate_ns
-        since = now_ns - self.params.window_ns
-        x_ts, x = self.leader_ticks.since(since)
-        y_ts, y = self.target_ticks.since(since)
-        if min(len(x), len(y)) - 1 < self.params.min_changes:
-            return
-        self._estimate(now_ns, x_ts, x, y_ts, y)
-
-    def _estimate(self, now_ns: int, x_ts: np.ndarray, x: np.ndarray, y_ts: np.ndarray, y: np.ndarray) -> None:
-        """HRY on the leader's and the target's mid changes of the window (both paths call this, at the
-        same points in event order)."""
-        source, grid = self._grid
-        if source is not self.shifts_ns:
-            grid = LeadLagGrid(self.shifts_ns)
-            self._grid = (self.shifts_ns, grid)
-        estimate = estimate_on_grid(grid, x_ts, np.log(x), y_ts, np.log(y), now_ns)
-        if estimate is not None:
-            self.estimate = estimate
-            self.n_estimates += 1
+        """HRY over the mid changes of the last ``window`` (everything seen up to ``now_ns``): the compiled
+        estimator the batch kernel calls too (:func:`sigkit_cross_asset.window.reestimate`)."""
+        g, p = self._grid, self.params
+        _window.reestimate(now_ns, self.tick_ts, self.tick_mid, self.tick_log, self.wstate, self.west, self.rho,
+                           self.acc, g.first, g.step, g.n, g.zero, p.window_ns, p.min_changes, self._rebuild_every)
 
     # -- fills ---------------------------------------------------------------------------------------
 
@@ -282,12 +311,15 @@ class CrossAsset(sigkit.LearnedState):
         """
         if not self.estimate_in_use or not self.leader_step_bps > 0:
             return None
-        estimate = self.estimate
-        then = query.ts_ns - estimate.lag_ns
+        w, ts, mids = self.wstate, self.tick_ts, self.tick_mid
+        then = query.ts_ns - int(w[_window.LAG])
         a = -query.side
-        leader_move = move_bps(self.leader_ticks.last, self.leader_ticks.at(then))
+        n = int(w[_window.N])
+        leader_move = move_bps(float(mids[0, n - 1]), float(mid_at(ts[0], mids[0], int(w[_window.START]), n, then)))
         if self.params.target_move:
-            target_move = move_bps(self.target_ticks.last, self.target_ticks.at(then))
+            n = int(w[_window.ROW + _window.N])
+            start = int(w[_window.ROW + _window.START])
+            target_move = move_bps(float(mids[1, n - 1]), float(mid_at(ts[1], mids[1], start, n, then)))
             x = [0.0, 0.0, 0.0]
         else:
             target_move = 0.0
@@ -317,81 +349,35 @@ class CrossAsset(sigkit.LearnedState):
     # -- the batch path ------------------------------------------------------------------------------
 
     def on_batch(self, batch: sigkit.Batch) -> sigkit.BatchPredictions:
-        """The per-event hooks over a whole batch, compiled (:mod:`sigkit_cross_asset.kernel`); the lead-lag
-        estimate is made here, between two kernel calls, where the per-event path makes it."""
+        """The per-event hooks over a whole batch in one compiled call (:mod:`sigkit_cross_asset.kernel`), on
+        the same tick stores and estimator state."""
         out = np.empty((3, batch.n_queries))
         self.slots.ensure(batch)
         k = _kernel
         leader = batch.markets.code(self.leader.venue, self.leader.symbol)
         target = batch.markets.code(self.target.venue, self.target.symbol)
-        books = batch.kind == sigkit.BOOK
-        market = batch.market
-        l_ts, l_mid, l_n = _tick_arrays(self.leader_ticks, int(np.count_nonzero(books & (market == leader))))
-        t_ts, t_mid, t_n = _tick_arrays(self.target_ticks, int(np.count_nonzero(books & (market == target))))
-        model, rate, cost, e = self.model, self.base_rate, self.cost, self.estimate
-        fstate = np.zeros(k.N_FSTATE)
-        fstate[[k.F_STEP, k.F_MOVE_SQ, k.F_MEAN_SIZE, k.F_INTERCEPT, k.F_ADVERSE, k.F_TOTAL, k.F_COST_GOOD,
-                k.F_COST_BAD]] = [self.leader_step_bps, self.move_sq_bps2, self.mean_size, model.intercept,
-                                  rate._adverse, rate._total, cost._sum[0], cost._sum[1]]
-        istate = np.zeros(k.N_ISTATE, dtype=np.int64)
-        istate[[k.I_LEADER_STEPS, k.I_MOVES, k.I_RATE_N, k.I_COST_N_GOOD, k.I_COST_N_BAD, k.I_UPDATES,
-                k.I_LEADER_N, k.I_TARGET_N]] = [self.n_leader_steps, self.n_moves, rate.n, cost._n[0], cost._n[1],
-                                                model.n_updates, l_n, t_n]
-        if self.next_estimate_ns is not None:
-            istate[k.I_NEXT_ESTIMATE], istate[k.I_HAS_NEXT] = self.next_estimate_ns, 1
-        if rate._last_ts is not None:
-            istate[k.I_RATE_LAST], istate[k.I_HAS_RATE_LAST] = rate._last_ts, 1
-        if e is not None:
-            istate[k.I_LAG], istate[k.I_HAS_ESTIMATE], fstate[k.F_Z] = e.lag_ns, 1, e.z_score
+        self._make_room(*k.count_books(batch.kind, batch.market, leader, target))
+        model, rate, cost = self.model, self.base_rate, self.cost
+        fstate = np.array([self.leader_step_bps, self.move_sq_bps2, self.mean_size, model.intercept, rate._adverse,
+                           rate._total, cost._sum[0], cost._sum[1]], dtype=float)
+        istate = np.array([self.n_leader_steps, self.n_moves, rate.n, cost._n[0], cost._n[1],
+                           0 if rate._last_ts is None else rate._last_ts, rate._last_ts is not None,
+                           model.n_updates], dtype=np.int64)
         params = self.params
-        iparams = np.array([self.leader_ticks.keep_ns, params.reestimate_ns, params.window_ns, params.min_changes],
-                           dtype=np.int64)
         fparams = np.array([params.min_z, model.learning_rate, model.l2, model.intercept_learning_rate,
                             params.evidence])
         weights = np.array(model.weights, dtype=float)
-        cols = (batch.op, batch.ref, batch.kind, market, batch.ts, batch.column("bid_px"), batch.column("ask_px"),
-                batch.q_ts, batch.q_side, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse,
-                batch.o_realized_bps, leader, target, l_ts, l_mid, t_ts, t_mid, iparams, fparams, fstate, istate,
-                weights, self.slots.values, self.slots.owner, out)
-        begin = 0
-        while True:
-            at = k.cross_asset_kernel(begin, *cols)
-            if at < 0:
-                break
-            kx, ky = int(istate[k.I_SINCE_LEADER]), int(istate[k.I_SINCE_TARGET])
-            ln, tn = int(istate[k.I_LEADER_N]), int(istate[k.I_TARGET_N])
-            self._estimate(int(batch.ts[batch.ref[at]]), l_ts[kx:ln], l_mid[kx:ln], t_ts[ky:tn], t_mid[ky:tn])
-            e = self.estimate
-            if e is not None:
-                istate[k.I_LAG], istate[k.I_HAS_ESTIMATE], fstate[k.F_Z] = e.lag_ns, 1, e.z_score
-            begin = at + 1
-        _keep_ticks(self.leader_ticks, l_ts, l_mid, istate[k.I_LEADER_START], istate[k.I_LEADER_N])
-        _keep_ticks(self.target_ticks, t_ts, t_mid, istate[k.I_TARGET_START], istate[k.I_TARGET_N])
+        k.cross_asset_kernel(batch.op, batch.ref, batch.kind, batch.market, batch.ts, batch.column("bid_px"),
+                             batch.column("ask_px"), batch.q_ts, batch.q_side, batch.q_fill, batch.o_fill, batch.o_ts,
+                             batch.o_adverse, batch.o_realized_bps, leader, target, self.tick_ts, self.tick_mid,
+                             self.tick_log, self.wstate, self.west, self.rho, self.acc, self._iparams, fparams, fstate, istate, weights, self.slots.values, self.slots.owner, out)
         (self.leader_step_bps, self.move_sq_bps2, self.mean_size, model.intercept, rate._adverse, rate._total,
-         *cost._sum) = fstate[:k.F_Z].tolist()
-        (self.n_leader_steps, self.n_moves, next_estimate, has_next, rate.n, *cost._n, rate_last, has_rate_last,
-         model.n_updates) = istate[:k.I_LAG].tolist()
-        self.next_estimate_ns = next_estimate if has_next else None
+         *cost._sum) = fstate.tolist()
+        (self.n_leader_steps, self.n_moves, rate.n, *cost._n, rate_last, has_rate_last,
+         model.n_updates) = istate.tolist()
         rate._last_ts = rate_last if has_rate_last else None
         model.weights = weights.tolist()
         return sigkit.BatchPredictions(out[0], out[1], out[2])
-
-
-def _tick_arrays(ticks: _MidTicks, room: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The live changes of ``ticks`` as arrays with ``room`` for more (the kernel's store of them)."""
-    live = len(ticks.ts) - ticks.start
-    ts = np.empty(live + room, dtype=np.int64)
-    mid = np.empty(live + room)
-    ts[:live] = ticks.ts[ticks.start:]
-    mid[:live] = ticks.mid[ticks.start:]
-    return ts, mid, live
-
-
-def _keep_ticks(ticks: _MidTicks, ts: np.ndarray, mid: np.ndarray, start: int, n: int) -> None:
-    """Back from the kernel's arrays: the live changes ``[start, n)``."""
-    ticks.ts = ts[start:n].tolist()
-    ticks.mid = mid[start:n].tolist()
-    ticks.start = 0
 
 
 @sigkit.hookimpl

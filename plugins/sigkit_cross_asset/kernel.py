@@ -1,17 +1,15 @@
 """The batch path of ``cross_asset``: a numba kernel over a :class:`sigkit.Batch`, built on the compiled
-twins of the model's formulas (:mod:`sigkit_cross_asset.leadlag`) and of :mod:`sigkit.learn`'s.
+twins of the model's formulas (:mod:`sigkit_cross_asset.leadlag`, :mod:`sigkit_cross_asset.window`) and of
+:mod:`sigkit.learn`'s.
 
-The per-event model keeps each market's mid changes in a list (``_MidTicks``); the kernel keeps them in
-numpy arrays with the same semantics: the live changes are ``[start, n)`` of ``ts``/``mid`` (the mid in
-force ``keep`` before the latest change stays live), a change is recorded only when the mid moved, and
-lookups are ``bisect_right`` from ``start``.  The model sizes the arrays before each call so they hold
-every change the batch can add.
-
-The lead-lag estimate itself (:func:`sigkit_cross_asset.leadlag.estimate_on_grid`: numpy's logs and BLAS
-sums of squares, then one compiled call for the rest) is made by the model outside this kernel at exactly
-the point in event order where the per-event path makes it: the kernel returns the index of the schedule
-step that calls for it (with the window's first live change of each market), the model estimates on the
-same arrays, and the kernel resumes at the next step.
+The kernel works on the model's own tick stores and estimator state (:mod:`sigkit_cross_asset.window`: the
+arrays persist across calls, and the per-event hooks use the same ones), which the model sizes before each
+call so they hold every change the batch can add.  A book update of either market goes through the twin of
+:func:`~sigkit_cross_asset.window.record_tick`; when an estimate is due the kernel calls
+:func:`~sigkit_cross_asset.window.reestimate`, the compiled function the per-event path calls, inline, so
+the whole batch runs in one call.  The per-fill scalars (the leader's step, the running moments of its move,
+the logistic fit, the base rate and the cost tracker) are packed into ``fstate``/``istate`` before the call
+and unpacked after.
 """
 
 from __future__ import annotations
@@ -20,128 +18,90 @@ import numpy as np
 
 from sigkit import fast
 from sigkit.batch import BOOK, EVENT, OUTCOME, QUERY
-from sigkit_cross_asset import leadlag
-
+from sigkit_cross_asset import leadlag, window
 
 leader_step_mean = fast.twin(leadlag.leader_step_mean)
 move_bps = fast.twin(leadlag.move_bps)
 squash_features = fast.twin(leadlag.squash_features)
+mid_at = fast.twin(window.mid_at)
+record_tick = fast.twin(window.record_tick)
+estimate_due = fast.twin(window.estimate_due)
 
-# Layout of the kernel's state arrays (the model packs and unpacks them).
+# Layout of the kernel's per-fill state arrays (the model packs and unpacks them).
 # float64 ``fstate``:
-F_STEP, F_MOVE_SQ, F_MEAN_SIZE, F_INTERCEPT, F_ADVERSE, F_TOTAL, F_COST_GOOD, F_COST_BAD, F_Z = range(9)
-N_FSTATE = 9
+F_STEP, F_MOVE_SQ, F_MEAN_SIZE, F_INTERCEPT, F_ADVERSE, F_TOTAL, F_COST_GOOD, F_COST_BAD = range(8)
+N_FSTATE = 8
 # int64 ``istate``:
-(I_LEADER_STEPS, I_MOVES, I_NEXT_ESTIMATE, I_HAS_NEXT, I_RATE_N, I_COST_N_GOOD, I_COST_N_BAD, I_RATE_LAST,
- I_HAS_RATE_LAST, I_UPDATES, I_LAG, I_HAS_ESTIMATE, I_LEADER_START, I_LEADER_N, I_TARGET_START, I_TARGET_N,
- I_SINCE_LEADER, I_SINCE_TARGET) = range(18)
-N_ISTATE = 18
-# int64 ``iparams``: keep (ns), reestimate (ns), window (ns), min_changes.
+(I_LEADER_STEPS, I_MOVES, I_RATE_N, I_COST_N_GOOD, I_COST_N_BAD, I_RATE_LAST, I_HAS_RATE_LAST,
+ I_UPDATES) = range(8)
+N_ISTATE = 8
+# int64 ``iparams``: keep (ns), reestimate (ns), window (ns), min_changes, first shift (ns), shift step (ns),
+# number of shifts, index of the shift nearest zero, rebuild_every.
 # float64 ``fparams``: min_z, learning rate, l2, intercept learning rate, evidence.
 
 
 @fast.kernel
-def _bisect_right(a, x, lo, hi):
-    """``bisect.bisect_right(a, x, lo, hi)``."""
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if x < a[mid]:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+def count_books(kind, market, leader, target):
+    """How many book updates of the leader and of the target a batch holds (the room the tick stores need)."""
+    n_leader = n_target = 0
+    for r in range(kind.size):
+        book = kind[r] == BOOK
+        n_leader += book & (market[r] == leader)
+        n_target += book & (market[r] == target)
+    return n_leader, n_target
 
 
 @fast.kernel
-def _mid_at(ts, mid, start, n, t):
-    """``_MidTicks.at``: the mid in force at ``t`` (the oldest live one if none)."""
-    k = _bisect_right(ts, t, start, n) - 1
-    return mid[max(k, start)]
-
-
-@fast.kernel
-def _add_tick(ts, mid, istate, at, t, value, keep_ns):
-    """``_MidTicks.add`` on the live changes ``[istate[at], istate[at + 1])``: record ``value`` at ``t`` if
-    the mid moved (True if it did) and let go of the changes older than the one in force ``keep`` ago."""
-    n = istate[at + 1]
-    if n > 0 and value == mid[n - 1]:
-        return False
-    ts[n] = t
-    mid[n] = value
-    n += 1
-    oldest_needed = t - keep_ns
-    start = istate[at]
-    while start < n - 1 and ts[start + 1] <= oldest_needed:
-        start += 1
-    istate[at] = start
-    istate[at + 1] = n
-    return True
-
-
-@fast.kernel
-def cross_asset_kernel(begin, op, ref, kind, market, ts, bid_px, ask_px, q_ts, q_side, q_fill, o_fill, o_ts,
-                       o_adverse, o_realized, leader, target, l_ts, l_mid, t_ts, t_mid, iparams, fparams, fstate,
-                       istate, weights, slot_x, slot_owner, out):
-    """CrossAsset over the schedule steps ``begin, begin + 1, ...`` of a batch.  Returns the index of the
-    step after which the lead lag is to be re-estimated (the window's changes start at
-    ``istate[I_SINCE_LEADER]`` and ``istate[I_SINCE_TARGET]``), or -1 at the end of the batch."""
+def cross_asset_kernel(op, ref, kind, market, ts, bid_px, ask_px, q_ts, q_side, q_fill, o_fill, o_ts, o_adverse,
+                       o_realized, leader, target, tick_ts, tick_mid, tick_log, wstate, west, rho, acc, iparams, fparams, fstate, istate, weights, slot_x, slot_owner, out):
+    """CrossAsset over every schedule step of a batch."""
     keep_ns, reestimate_ns, window_ns, min_changes = iparams[0], iparams[1], iparams[2], iparams[3]
+    first, step, n_shifts, zero, rebuild_every = iparams[4], iparams[5], iparams[6], iparams[7], iparams[8]
     min_z, lr, l2, intercept_lr, evidence = fparams[0], fparams[1], fparams[2], fparams[3], fparams[4]
     nf = weights.size
     x = np.zeros(nf)
-    for i in range(begin, op.size):
-        step = op[i]
-        if step == EVENT:
+    for i in range(op.size):
+        s = op[i]
+        if s == EVENT:
             r = ref[i]
             if kind[r] != BOOK:
                 continue
             m = market[r]
             if m == leader:
-                is_leader = True
-                at = I_LEADER_START
+                row = 0
             elif m == target:
-                is_leader = False
-                at = I_TARGET_START
+                row = 1
             else:
                 continue
             value = 0.5 * (bid_px[r] + ask_px[r])
             if not value > 0:
                 continue
-            n = istate[at + 1]
-            previous = l_mid[n - 1] if is_leader and n > 0 else 0.0
+            n = wstate[window.N]
+            previous = tick_mid[0, n - 1] if row == 0 and n > 0 else 0.0
             t = ts[r]
-            if is_leader:
-                if not _add_tick(l_ts, l_mid, istate, at, t, value, keep_ns):
-                    continue
-                if n > 0:
-                    istate[I_LEADER_STEPS] += 1
-                    fstate[F_STEP] = leader_step_mean(fstate[F_STEP], previous, value, istate[I_LEADER_STEPS])
-            elif not _add_tick(t_ts, t_mid, istate, at, t, value, keep_ns):
+            if not record_tick(tick_ts, tick_mid, tick_log, wstate, row, t, value, keep_ns):
                 continue
-            if istate[I_HAS_NEXT] == 0:
-                istate[I_NEXT_ESTIMATE] = t + reestimate_ns
-                istate[I_HAS_NEXT] = 1
-            elif t >= istate[I_NEXT_ESTIMATE]:
-                istate[I_NEXT_ESTIMATE] = t + reestimate_ns
-                since = t - window_ns
-                kx = _bisect_right(l_ts, since - 1, istate[I_LEADER_START], istate[I_LEADER_N])
-                ky = _bisect_right(t_ts, since - 1, istate[I_TARGET_START], istate[I_TARGET_N])
-                if min(istate[I_LEADER_N] - kx, istate[I_TARGET_N] - ky) - 1 >= min_changes:
-                    istate[I_SINCE_LEADER] = kx
-                    istate[I_SINCE_TARGET] = ky
-                    return i
-        elif step == QUERY:
+            if row == 0 and n > 0:
+                istate[I_LEADER_STEPS] += 1
+                fstate[F_STEP] = leader_step_mean(fstate[F_STEP], previous, value, istate[I_LEADER_STEPS])
+            if estimate_due(wstate, t, reestimate_ns):
+                window.reestimate(t, tick_ts, tick_mid, tick_log, wstate, west, rho, acc, first, step, n_shifts,
+                                  zero, window_ns, min_changes, rebuild_every)
+        elif s == QUERY:
             q = ref[i]
             p_rate = fast.base_rate_value(fstate[F_ADVERSE], fstate[F_TOTAL], 1.0, 2.0)
-            if (istate[I_HAS_ESTIMATE] != 0 and istate[I_LAG] > 0 and abs(fstate[F_Z]) >= min_z
+            lag = wstate[window.LAG]
+            if (wstate[window.HAS_ESTIMATE] != 0 and lag > 0 and abs(west[window.Z]) >= min_z
                     and fstate[F_STEP] > 0):
-                then = q_ts[q] - istate[I_LAG]
+                then = q_ts[q] - lag
                 a = -q_side[q]
-                ln, tn = istate[I_LEADER_N], istate[I_TARGET_N]
-                leader_move = move_bps(l_mid[ln - 1], _mid_at(l_ts, l_mid, istate[I_LEADER_START], ln, then))
+                ln, tn = wstate[window.N], wstate[window.ROW + window.N]
+                leader_move = move_bps(tick_mid[0, ln - 1],
+                                       mid_at(tick_ts[0], tick_mid[0], wstate[window.START], ln, then))
                 target_move = 0.0
                 if nf > 2:
-                    target_move = move_bps(t_mid[tn - 1], _mid_at(t_ts, t_mid, istate[I_TARGET_START], tn, then))
+                    target_move = move_bps(tick_mid[1, tn - 1], mid_at(tick_ts[1], tick_mid[1],
+                                                                       wstate[window.ROW + window.START], tn, then))
                 n_moves, fstate[F_MOVE_SQ], fstate[F_MEAN_SIZE] = squash_features(
                     leader_move, target_move, a, istate[I_MOVES], fstate[F_MOVE_SQ], fstate[F_MEAN_SIZE], x)
                 istate[I_MOVES] = n_moves
@@ -159,7 +119,7 @@ def cross_asset_kernel(begin, op, ref, kind, market, ts, bid_px, ask_px, q_ts, q
                 out[1, q] = 0.0
             out[2, q] = fast.expected_cost(p, fstate[F_COST_GOOD], istate[I_COST_N_GOOD], fstate[F_COST_BAD],
                                            istate[I_COST_N_BAD])
-        elif step == OUTCOME:
+        elif s == OUTCOME:
             o = ref[i]
             adverse = o_adverse[o]
             slot = fast.slot_take(slot_owner, o_fill[o])
@@ -182,4 +142,3 @@ def cross_asset_kernel(begin, op, ref, kind, market, ts, bid_px, ask_px, q_ts, q
                 k = 1 if adverse == 1.0 else 0
                 fstate[F_COST_GOOD + k] += realized
                 istate[I_COST_N_GOOD + k] += 1
-    return -1

@@ -9,8 +9,8 @@ Notation (METHODS.md §4).  The leader ``X`` is observed at ``t_0 < ... < t_n``,
       U(θ) = Σ_{i,j} ΔX(I_i) ΔY(J_j) 1{(I_i + θ) ∩ J_j ≠ ∅}
 
   θ > 0 compares the leader's move with the follower's move θ later, so a peak at θ > 0 means X leads.
-* Computation on a uniform grid ``θ_k = θ_0 + k·δ`` (:func:`hy_covariance_on_grid`, what the model
-  uses): the pair ``(i, j)`` overlaps exactly for ``s_{j-1} - t_i < θ < s_j - t_{i-1}``, an open
+* Computation on a uniform grid ``θ_k = θ_0 + k·δ`` (:func:`hy_covariance_on_grid`; the model keeps the
+  same sums over a sliding window, :mod:`sigkit_cross_asset.window`): the pair ``(i, j)`` overlaps exactly for ``s_{j-1} - t_i < θ < s_j - t_{i-1}``, an open
   interval of shifts, i.e. a contiguous run of grid points.  Each pair that can meet the grid adds
   ``ΔX_i ΔY_j`` at the run's first point and removes it after its last; a cumulative sum over the grid
   gives every ``U(θ_k)``.  The candidate pairs of interval ``i`` are the contiguous run of ``j`` found by
@@ -413,8 +413,8 @@ def estimate_on_grid(grid: LeadLagGrid, x_ts: np.ndarray, x: np.ndarray, y_ts: n
 
 def estimate_lead_lag(x_ts, x, y_ts, y, shifts_ns, *, ts_ns: int | None = None) -> LeadLagEstimate | None:
     """The HRY estimate of how far ``x`` leads ``y`` over the uniform grid ``shifts_ns`` (e.g. from
-    :func:`shift_grid`); None when either series has no nonzero increment.  (A model estimating again and
-    again on one grid prepares it once, :class:`LeadLagGrid`, and calls :func:`estimate_on_grid`.)"""
+    :func:`shift_grid`); None when either series has no nonzero increment.  (Estimating again and again on
+    one grid: prepare it once, :class:`LeadLagGrid`, and call :func:`estimate_on_grid`.)"""
     grid = LeadLagGrid(shifts_ns)
     return estimate_on_grid(grid, np.asarray(x_ts, dtype=np.int64), np.asarray(x, dtype=float),
                             np.asarray(y_ts, dtype=np.int64), np.asarray(y, dtype=float), ts_ns)
