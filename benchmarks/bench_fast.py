@@ -20,7 +20,7 @@ passes run ``--repeat`` times (3) and the fastest counts, since a shared machine
 "1" is ``enhanced_as``; "ab" is two ``enhanced_as`` variants (other learning rates), which declare the same
 pyramid of the target (``sigkit.features``) and so share one computation of it; "4" is the quickstart
 recipe: enhanced_as, prefill_toxicity, cross_asset and onchain_oi, the base-rate reference and the stacking
-ensemble.  Batch passes run with each of ``--threads`` (1, and one per core: the models side by side).  Figures to read, not a
+ensemble.  Batch passes run with each of ``--threads`` (default 1; 2 runs the models two by two side by side).  Figures to read, not a
 test: these machines are shared and noisy.
 """
 
@@ -261,9 +261,9 @@ def main() -> None:
     parser.add_argument("--models", default="1,ab,4",
                         help="which model sets to run, comma-separated: 1 (enhanced_as), ab (two enhanced_as "
                              "variants sharing one pyramid, as an A/B comparison runs them), 4 (the quickstart)")
-    parser.add_argument("--threads", default="1,0",
-                        help="thread counts of the batch passes, comma-separated (0: one per core, at most one per "
-                             "model; see sigkit run --threads)")
+    parser.add_argument("--threads", default="1",
+                        help="thread counts of the batch passes, comma-separated, e.g. 1,2 (at most one per model; "
+                             "see sigkit run --threads)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="run the numpy and batch passes this many times and keep the fastest (the per-event "
                              "pass runs once)")

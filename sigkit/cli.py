@@ -119,8 +119,8 @@ def _registry(warn: bool = True):
               help="Call every model's per-event hooks even where it has a compiled batch path (on_batch); "
                    "the predictions are the same, only slower (docs/fast.md).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Run the models' compiled batch paths side by side in this many threads; the predictions do "
-                   "not depend on it  [default: one per core, at most one per model]")
+              help="Run the models' compiled batch paths side by side in this many threads (at most one per "
+                   "model); the predictions do not depend on it  [default: 1]")
 def run(recipe: Path, out_dir: Path | None, quiet: bool, html: bool, on_bad_line: str | None,
         checkpoint: Path | None, checkpoint_every: str, resume: Path | None, live: bool, duration: str | None,
         record_dir: Path | None, report_every: str, cache_dir: Path | None, no_cache: bool, per_event: bool,

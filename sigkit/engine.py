@@ -22,7 +22,6 @@ Ordering rules (what "causal" means here, and what the no-look-ahead tests check
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 import weakref
@@ -217,8 +216,8 @@ class Replay:
                  provenance: dict[str, str] | None = None, on_error: str = "stop", identity: dict | None = None,
                  path: str = "batch", spill_rows: int = 1 << 16, threads: int | None = None):
         self.target = target
-        # Batch models run side by side in this many threads (their compiled kernels release the GIL);
-        # None: one per core, at most one per batch model.  Results do not depend on it.
+        # Batch models run side by side in this many threads (their compiled kernels release the GIL), at most
+        # one per batch model; None: 1.  Results do not depend on it.
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise SigkitError(f"threads must be a whole number >= 1, not {threads!r}")
         self.threads = threads
@@ -568,8 +567,7 @@ class _State:
         copied = {id(s) for s in self.copied_features}
         # The shared features the batch models read: computed once per batch before they run.
         self.batch_features = [s for s in _shared_states(batch_instances) if id(s) not in copied]
-        threads = replay.threads if replay.threads is not None else (os.cpu_count() or 1)
-        self.threads = max(1, min(threads, len(self.batch_models)))
+        self.threads = max(1, min(replay.threads or 1, len(self.batch_models)))
         self.pool = None  # a thread pool, made at the first batch that needs it
         self.wants_fill_objects = bool(self.outcome_handlers or any(r for _, _, _, r, _ in self.event_ensembles))
         self.horizons = self.labelling.all_horizons_ns
