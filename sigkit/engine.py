@@ -373,6 +373,15 @@ class Replay:
         started = time.perf_counter()
         state = _State(self)
         if state.batch_models or state.batch_ensembles:
+            from sigkit import fast
+
+            # The engine's own compiled helpers (market codes, slot tables, prediction checks)...
+            width = state.markets._stacked.shape[1]
+            fast.match_markets(np.zeros((1, width), dtype=np.uint64), np.zeros((1, width), dtype=np.uint64),
+                               np.empty(1, dtype=np.int32))
+            fast.release_slots(np.full(1, -1, dtype=np.int64), 0, 0)
+            fast.first_invalid(np.zeros(1), np.zeros(1))
+            # ... and every model's and combiner's kernels, on an empty batch.
             none = np.empty(0, dtype=np.int64)
             state._steps(state._plan(_NO_EVENTS, np.empty(0, dtype=np.int32), none, none, none, np.empty(0), 0,
                                      none, none)[0])
@@ -776,6 +785,9 @@ class _State:
     def _steps(self, batch: Batch) -> None:
         f = self.fills
         q_fill = batch.q_fill - f.base  # rows in memory
+        n = len(q_fill)
+        if n and int(q_fill[-1]) - int(q_fill[0]) + 1 == n:  # (always so: a batch's fills are consecutive)
+            q_fill = slice(int(q_fill[0]), int(q_fill[-1]) + 1)
         replay = self.replay
         for state in self.copied_features:
             batch.precompute(state, state.copy().rows(batch))
@@ -845,7 +857,7 @@ class _State:
                              f"on_batch(); expected ({n},) each, one per query")
         from sigkit import fast
 
-        bad = fast.first_invalid(p, conf) if n else 0  # (NaN is invalid)
+        bad = fast.first_invalid(np.ascontiguousarray(p), np.ascontiguousarray(conf)) if n else 0  # (NaN: invalid)
         if bad > 0:
             raise ModelError(f"{who} predicted p_adverse={float(p[bad - 1])!r} in on_batch(); it must be a probability in [0, 1]")
         if bad < 0:
