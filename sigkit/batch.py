@@ -258,11 +258,13 @@ class FillSlots:
         """Grow so that every fill held now and every fill queried in ``batch`` has a slot of its own."""
         if not batch.n_queries:
             return
+        hi = int(batch.q_fill[-1])
+        capacity = self.capacity
+        if hi - batch.oldest_pending < capacity:
+            return  # every fill still to be delivered is at or after oldest_pending: no two can collide
         from sigkit import fast  # (compiled; a batch path needs numba anyway)
 
         lo = fast.release_slots(self.owner, batch.oldest_pending, int(batch.q_fill[0]))
-        hi = int(batch.q_fill[-1])
-        capacity = self.capacity
         while hi - lo + 1 > capacity:
             capacity *= 2
         if capacity != self.capacity:
