@@ -357,6 +357,21 @@ def _ratio_numbers(rho, lead_idx, lag_idx):
 
 
 @fast.kernel
+def argmax_abs(u):
+    """``np.argmax(np.abs(u))``: the first index of the largest ``|u|`` (a NaN counts as the largest)."""
+    best = 0
+    top = abs(u[0])
+    if not np.isnan(top):
+        for k in range(1, u.size):
+            a = abs(u[k])
+            if np.isnan(a):
+                return k
+            if a > top:
+                best, top = k, a
+    return best
+
+
+@fast.kernel
 def _lead_lag_numbers(x_ts, x, y_ts, y, first_shift_ns, last_shift_ns, step_ns, n_shifts, norm, lead_idx,
                       lag_idx):
     """The numeric part of one estimate in one call: ``U`` and ``V`` on the grid (:func:`_hy_grid_sums`),
@@ -370,16 +385,7 @@ def _lead_lag_numbers(x_ts, x, y_ts, y, first_shift_ns, last_shift_ns, step_ns, 
         if abs(u[k]) > norm:
             over = True
         rho[k] = u[k] / norm
-    best = 0
-    top = abs(u[0])
-    if not np.isnan(top):
-        for k in range(1, n_shifts):
-            a = abs(u[k])
-            if np.isnan(a):
-                best = k
-                break
-            if a > top:
-                best, top = k, a
+    best = argmax_abs(u)
     z = u[best] / np.sqrt(v[best]) if v[best] > 0 else 0.0
     return u, rho, over, best, z, _ratio_numbers(rho, lead_idx, lag_idx)
 

@@ -42,6 +42,7 @@ import math
 import numpy as np
 
 from sigkit import fast
+from sigkit_cross_asset.leadlag import argmax_abs
 
 # int64 ``wstate``: per market row r (0 leader, 1 target), at r * ROW + ...
 START, N, LOGGED, WIN_START, WIN_END = range(5)
@@ -289,16 +290,7 @@ def reestimate(now, ts, mid, logs, wstate, west, rho, acc, first, step, n_shifts
             if abs(u[k]) > norm:
                 bound = _cauchy_schwarz(first + k * step, kx, n0, ky, n1, ts, logs, sx, sy)
                 rho[k] = u[k] / max(bound, abs(u[k]))
-    best = 0
-    top = abs(u[0])
-    if not np.isnan(top):
-        for k in range(1, n_shifts):
-            a = abs(u[k])
-            if np.isnan(a):
-                best = k
-                break
-            if a > top:
-                best, top = k, a
+    best = argmax_abs(u)
     west[Z] = u[best] / math.sqrt(v[best]) if v[best] > 0 else 0.0
     west[CORR] = rho[best]
     west[CORR_ZERO] = rho[zero]
