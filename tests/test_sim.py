@@ -251,3 +251,15 @@ def test_target_mid_is_the_leader_mid_shifted_by_the_lag(lag_ns):
     target_mid = mid(target)[np.searchsorted(target["ts_ns"], trades["ts_ns"], side="right") - 1]
     gap = np.sign(lead_mid - target_mid)
     assert np.mean(trades["side"][gap != 0] == gap[gap != 0]) > 0.65
+
+
+def test_a_world_whose_price_walks_to_zero_is_refused_in_one_line():
+    import attrs
+
+    from sigkit.errors import DataError
+
+    spec = attrs.evolve(world_spec("mixed"), start_price=30.0)  # 30 ticks above zero: soon walked away
+    with pytest.raises(DataError, match=r"^the simulated BTC-PERP price reached zero [0-9.]+ (s|min|h) into the "
+                                        r"'mixed' world at 8 trades/s .*shorter span or a lower trade rate$"):
+        for _ in simulate(spec, seed=7, duration_ns=3600 * S):
+            pass

@@ -198,6 +198,7 @@ def _block_rows(spec: MarketSpec, seed: int, block: int, origin_ns: int, horizon
                                                   origin_ns, SLOT_NS)
         leader_steps = carry.leader_steps.extend(leader_ts, leader_delta)
         leader_levels = carry.leader_level + np.cumsum(leader_delta)
+        _check_price(leader_levels, leader_ts, origin_ns, spec, LEADER_SYMBOL)
         gap = lead.gap(t, leader_steps.ts, np.cumsum(leader_steps.delta))
         parts.append((_book_rows(LEADER_VENUE, LEADER_SYMBOL, leader_ts, leader_levels, spec.tick,
                                  _stream(spec, seed, _SIZES, 2 * block + 1)), _RANK_LEADER_BOOK))
@@ -253,6 +254,7 @@ def _block_rows(spec: MarketSpec, seed: int, block: int, origin_ns: int, horizon
     order = np.argsort(move_ts, kind="stable")
     move_ts, move_delta = move_ts[order], move_delta[order]
     levels = carry.level + np.cumsum(move_delta)
+    _check_price(levels, move_ts, origin_ns, spec, TARGET_SYMBOL)
     parts.append((_book_rows(TARGET_VENUE, TARGET_SYMBOL, move_ts, levels, spec.tick,
                              _stream(spec, seed, _SIZES, 2 * block)), _RANK_TARGET_BOOK))
 
@@ -308,6 +310,19 @@ def _block_rows(spec: MarketSpec, seed: int, block: int, origin_ns: int, horizon
     if spec.leader is not None:
         carry.leader_steps = _Delayed(leader_ts, leader_delta)
     return _sorted(parts)
+
+
+def _check_price(levels: np.ndarray, ts: np.ndarray, origin_ns: int, spec: MarketSpec, symbol: str) -> None:
+    """Refuse, in one line, a world whose price walks down to zero (a high trade rate over a long span: each
+    informed trade moves the mid a tick, so the walk widens with the rate)."""
+    if len(levels) and levels.min() < 1:
+        from sigkit.errors import DataError
+
+        at = (int(ts[int(np.argmax(levels < 1))]) - origin_ns) / 1e9
+        when = f"{at / 3600:.1f} h" if at >= 3600 else f"{at / 60:.1f} min" if at >= 60 else f"{at:.1f} s"
+        raise DataError(f"the simulated {symbol} price reached zero {when} into the {spec.name!r} "
+                        f"world at {spec.trade_rate_per_s:g} trades/s (it starts at {spec.start_price:g}, one "
+                        "tick a move): simulate a shorter span or a lower trade rate")
 
 
 def adverse_ticks(aggressor: np.ndarray, level: np.ndarray, tick: float, threshold_bps: float) -> np.ndarray:
