@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,13 +79,15 @@ class RawFile:
                     return
 
 
-def simulate_day(data_dir: Path, duration: str, seed: int, trade_rate: float = 8.0) -> tuple[Path, dict]:
+def simulate_day(data_dir: Path, duration: str, seed: int, trade_rate: float = 8.0,
+                 start_price: float = 50_000.0) -> tuple[Path, dict]:
     """The simulated data file (made once), and its description."""
     from sigkit import sim
     from sigkit.units import parse_duration
 
     data_dir.mkdir(parents=True, exist_ok=True)
     rate = "" if trade_rate == 8.0 else f"-{trade_rate:g}tps"
+    rate += "" if start_price == 50_000.0 else f"-at{start_price:g}"
     path = data_dir / f"mixed-seed{seed}-{duration}{rate}.events"
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
@@ -94,7 +97,7 @@ def simulate_day(data_dir: Path, duration: str, seed: int, trade_rate: float = 8
     rows = 0
     first = last = None
     partial = path.with_suffix(".partial")
-    world = sim.world_spec("mixed", trade_rate_per_s=trade_rate)
+    world = attrs.evolve(sim.world_spec("mixed", trade_rate_per_s=trade_rate), start_price=start_price)
     with open(partial, "wb") as out:
         for chunk in sim.simulate(world, seed=seed, duration_ns=parse_duration(duration)):
             chunk.tofile(out)
@@ -102,7 +105,8 @@ def simulate_day(data_dir: Path, duration: str, seed: int, trade_rate: float = 8
             first = int(chunk["ts_ns"][0]) if first is None else first
             last = int(chunk["ts_ns"][-1])
     partial.rename(path)
-    meta = {"world": "mixed", "trade_rate_per_s": trade_rate, "seed": seed, "duration": duration, "events": rows,
+    meta = {"world": "mixed", "trade_rate_per_s": trade_rate, "start_price": start_price, "seed": seed,
+            "duration": duration, "events": rows,
             "first_ts_ns": first,
             "last_ts_ns": last, "simulated_in_s": round(time.perf_counter() - started, 1)}
     meta_path.write_text(json.dumps(meta))
@@ -256,6 +260,10 @@ def main() -> None:
                              "moves the mid a tick, so the price walks further the busier the market: at 200/s it "
                              "ranged 46,240-54,771 from 50,000 in 20 minutes and reaches zero within hours, which "
                              "the simulator refuses in one line")
+    parser.add_argument("--start-price", type=float, default=50_000.0,
+                        help="the simulated market's first price, in ticks of 1 (the quickstart's world: 50,000).  "
+                             "A busier market walks further (see --trade-rate): a finer grid, e.g. 5,000,000, "
+                             "keeps a day at 200 trades/s (about 20 million events) away from zero")
     parser.add_argument("--per-event-limit", default=None,
                         help="run the per-event path on this much of the data only (it is the slow one)")
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "sigkit" / "bench")
@@ -287,7 +295,7 @@ def main() -> None:
     unknown = [m for m in model_sets if m not in (*MODEL_SETS, "4")]
     if unknown:
         raise SystemExit(f"--models: unknown set {unknown[0]!r}; choose from 1, ab, 4")
-    data, meta = simulate_day(args.data_dir, args.duration, args.seed, args.trade_rate)
+    data, meta = simulate_day(args.data_dir, args.duration, args.seed, args.trade_rate, args.start_price)
     first = meta["first_ts_ns"]
     print(f"data: {meta['events']:,} events, {args.duration} of the mixed world at {args.trade_rate:g} trades/s, "
           f"seed {args.seed} "
