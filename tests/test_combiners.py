@@ -293,3 +293,15 @@ def test_every_combiner_gives_the_same_on_the_batch_path():
     stacking = ref_combiners["stacking_both"]
     assert len({m.n_updates for m in stacking.models}) > 1  # the regimes were exercised
     assert stacking.tracker.state_dict() == combiners["stacking_both"].tracker.state_dict()
+
+
+def test_pools_stay_probabilities_when_rounding_would_step_past_one():
+    from sigkit_combiners.kernel import linear_pool, mixture_pool
+
+    # Weights summing to one whose weighted sum of ones rounds to 1.0000000000000002 (the case a busy
+    # simulated day hit in the stacking ensemble).
+    weights = [0.36506899198262255, 0.5787927773682225, 0.05613823064915503]
+    assert weights[0] * 1.0 + weights[1] * 1.0 + weights[2] * 1.0 == 1.0000000000000002
+    assert linear_pool(weights, [1.0, 1.0, 1.0]) == 1.0
+    assert mixture_pool(weights, 1.0, [1.0, 1.0]) == 1.0
+    assert linear_pool([0.5, 0.5], [0.2, 0.4]) == pytest.approx(0.3)

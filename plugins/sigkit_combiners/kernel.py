@@ -25,11 +25,12 @@ from sigkit.batch import BOOK, EVENT, OUTCOME, QUERY
 # -- pools ---------------------------------------------------------------------------------------------
 
 def linear_pool(weights, values) -> float:
-    """``sum_k w_k v_k`` in member order (the linear pool; with confidences, the pooled confidence)."""
+    """``sum_k w_k v_k`` in member order (the linear pool; with confidences, the pooled confidence), kept in
+    [0, 1]: weights that sum to one and values in [0, 1] can round to a hair outside it (1.0000000000000002)."""
     acc = 0.0
     for i in range(len(weights)):
         acc += weights[i] * values[i]
-    return acc
+    return 0.0 if acc < 0.0 else 1.0 if acc > 1.0 else acc
 
 
 def pooled_cost(weights, costs) -> float:
@@ -65,11 +66,13 @@ def mixture_weights(log_weights, out) -> None:
 
 
 def mixture_pool(mixture, stacked: float, members) -> float:
-    """``mixture[0] * stacked + sum_k mixture[k + 1] * members[k]``."""
+    """``mixture[0] * stacked + sum_k mixture[k + 1] * members[k]``, kept in [0, 1] (rounding can step a hair
+    outside it when every probability is near 1: seen on a busy simulated day)."""
     acc = 0.0
     for i in range(len(members)):
         acc += mixture[i + 1] * members[i]
-    return mixture[0] * stacked + acc
+    p = mixture[0] * stacked + acc
+    return 0.0 if p < 0.0 else 1.0 if p > 1.0 else p
 
 
 def mixture_update(log_weights, stacked: float, members, y: float) -> None:
