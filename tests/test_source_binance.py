@@ -538,3 +538,10 @@ def test_a_crossed_synced_book_is_bad_data(tmp_path):
         read(_write(tmp_path, lines))
     _, info = read(_write(tmp_path, lines), on_bad_line="skip")
     assert info["skipped"] == {"crossed book": 1} and info["depth"]["crossed"] == 1
+
+
+def test_a_junk_line_that_only_looks_like_a_header_is_refused():
+    # Found by the fuzz test above: cryptofeed's header is `<url> <-> <epoch seconds>`; " <-> " alone is not.
+    lines = list(FUTURES_CF)
+    lines[0] = " <-> "
+    _assert_bad(lines)

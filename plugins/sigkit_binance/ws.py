@@ -197,8 +197,14 @@ def epoch_seconds_ns(text: bytes) -> int:
 
 def _layout(line: bytes):
     """Pick the prefix parser from a file's first line; True as second value if that line is a header."""
-    if b" <-> " in line:
-        return _split_seconds_prefix, True
+    if b" <-> " in line:  # cryptofeed's header: `<url> <-> <epoch seconds>`
+        url, _, when = line.partition(b" <-> ")
+        try:
+            float(when)
+            if url.strip():
+                return _split_seconds_prefix, True
+        except ValueError:
+            pass
     head = line.split(b" ", 1)[0]
     if head.isdigit():
         return split_local_ns, False
