@@ -570,12 +570,12 @@ class _State:
         self.per_event = bool(self.event_models or self.event_ensembles)
         # A shared feature read on both paths: the batch readers' rows are computed on a copy of its state, the
         # per-event readers step the live one (sigkit.features).
-        batch_instances = [replay._instances[replay.model_ids[m]] for m, _ in self.batch_models]
-        self.copied_features = _features_on_both_paths(
-            batch_instances, [replay._instances[replay.model_ids[m]] for m in self.event_models])
-        copied = {id(s) for s in self.copied_features}
-        # The shared features the batch models read: computed once per batch before they run.
-        self.batch_features = [s for s in _shared_states(batch_instances) if id(s) not in copied]
+        # The other shared features the batch models read are computed once per batch before they run.
+        on_batch = _shared_states([replay._instances[replay.model_ids[m]] for m, _ in self.batch_models])
+        on_event = {id(s) for s in
+                    _shared_states([replay._instances[replay.model_ids[m]] for m in self.event_models])}
+        self.copied_features = [s for s in on_batch if id(s) in on_event]
+        self.batch_features = [s for s in on_batch if id(s) not in on_event]
         self.threads = max(1, min(replay.threads or 1, len(self.batch_models)))
         self.pool = None  # a thread pool, made at the first batch that needs it
         self.wants_fill_objects = bool(self.outcome_handlers or any(r for _, _, _, r, _ in self.event_ensembles))
@@ -1215,18 +1215,8 @@ def _shared_states(instances: list) -> list:
     """The distinct shared feature states (:mod:`sigkit.features`) the instances hold."""
     features = sys.modules.get("sigkit.features")
     if features is None:
-        return []
-    return list({id(s): s for i in instances for s in features.shared_states(i)}.values())
-
-
-def _features_on_both_paths(batch_instances: list, event_instances: list) -> list:
-    """The shared feature states (:mod:`sigkit.features`) held by a batch-path and by a per-event-path model."""
-    features = sys.modules.get("sigkit.features")
-    if features is None or not batch_instances or not event_instances:
         return []  # (no model can hold one unless the module was imported)
-    on_batch = {id(s): s for i in batch_instances for s in features.shared_states(i)}
-    on_event = {id(s) for i in event_instances for s in features.shared_states(i)}
-    return [s for k, s in on_batch.items() if k in on_event]
+    return list({id(s): s for i in instances for s in features.shared_states(i)}.values())
 
 
 def replay_from_recipe(recipe, *, sources: Sequence[tuple[str, Any]] | None = None, cache_dir=None,

@@ -368,12 +368,6 @@ class FeatureSet:
             state = self._states[spec] = spec.build()
         return state
 
-    def __iter__(self):
-        return iter(self._states.values())
-
-    def __len__(self) -> int:
-        return len(self._states)
-
 
 def shared_states(instance) -> list:
     """The shared feature states a model object holds (its attributes that are :class:`PyramidState`)."""

@@ -68,7 +68,7 @@ import sigkit
 from sigkit import fast
 from sigkit.batch import OUTCOME, QUERY
 from sigkit.features import (  # noqa: F401  (the pyramid's formulas, once defined here: still importable from here)
-    EventTimeScales, Pyramid, ofi_event, scales_add, scales_decay, scales_set_level,
+    LEVELS, SUMS, EventTimeScales, Pyramid, ofi_event, scales_add, scales_decay, scales_set_level,
 )
 
 __all__ = ["EnhancedAS", "EnhancedASParams", "EventTimeScales", "OnlinePlatt", "OnlineStandardiser", "eas_features",
@@ -183,9 +183,10 @@ def platt_step(slope: float, intercept: float, u: float, error: float, learning_
     return (s if s > 0.0 else 0.0), intercept - intercept_learning_rate * error  # s if s > 0 is max(0.0, s)
 
 
-# Sums and levels kept at every scale.
-_SIGNED_VOLUME, _VOLUME, _OFI, _RETURN_BPS, _TRADES, _IMPACTS = range(6)
-_IMBALANCE, _SPREAD, _DEPTH = range(3)
+# The pyramid's sums and levels this model reads, by their place in it.
+_SIGNED_VOLUME, _VOLUME, _OFI, _RETURN_BPS, _TRADES, _IMPACTS = (
+    SUMS.index(name) for name in ("signed_volume", "volume", "ofi", "return_bps", "trades", "impacts"))
+_IMBALANCE, _SPREAD, _DEPTH = (LEVELS.index(name) for name in ("imbalance", "spread", "depth"))
 
 
 class EnhancedAS(sigkit.LearnedState):
