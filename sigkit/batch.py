@@ -84,7 +84,7 @@ class MarketCodes:
         if not n:
             return out
         rows = np.ascontiguousarray(chunk).view(np.uint8).reshape(n, EVENT_DTYPE.itemsize)
-        words = np.ascontiguousarray(rows[:, _NAME_START:_NAME_END]).view(np.uint64)
+        words = rows[:, _NAME_START:_NAME_END].view(np.uint64)  # (a strided view: the names are not copied)
         if self._keys:
             from sigkit import fast  # (compiled: a few compares a row)
 
@@ -211,8 +211,9 @@ class Batch:
 
 
 def slot_put(owner, fill: int) -> int:
-    """Claim the :class:`FillSlots` row of ``fill`` (at its query); returns the row to write."""
-    slot = fill % owner.size
+    """Claim the :class:`FillSlots` row of ``fill`` (at its query); returns the row to write.  (The table's
+    size is a power of two, so ``fill % size`` is ``fill & (size - 1)``: a mask, not a division.)"""
+    slot = fill & (owner.size - 1)
     owner[slot] = fill
     return slot
 
@@ -220,7 +221,7 @@ def slot_put(owner, fill: int) -> int:
 def slot_take(owner, fill: int) -> int:
     """Release the row of ``fill`` (at its outcome) and return it, or -1 if nothing was kept for it (e.g.
     the fill was asked before the model was restored from another path's checkpoint)."""
-    slot = fill % owner.size
+    slot = fill & (owner.size - 1)
     if owner[slot] != fill:
         return -1
     owner[slot] = -1
@@ -239,13 +240,15 @@ class BatchPredictions:
 class FillSlots:
     """Per-fill memory for a compiled kernel: what it stored at a fill's query (its features, say), kept
     until that fill's outcome.  ``values[slot]`` rows of ``width`` floats; ``owner[slot]`` is the fill index
-    held there (-1: free).  A fill's slot is ``fill % capacity``; :meth:`ensure` grows the table (keeping
+    held there (-1: free).  A fill's slot is ``fill % capacity`` (a power of two); :meth:`ensure` grows the table (keeping
     every entry) before a batch whose fills would collide with ones still pending, so a kernel never has
     to check.  Kernels claim and release rows with :func:`slot_put` and :func:`slot_take` (compiled as
     ``sigkit.fast.slot_put`` / ``slot_take``) on ``owner`` and read and write ``values`` themselves.
     """
 
     def __init__(self, width: int, capacity: int = 1024):
+        if capacity < 1 or capacity & (capacity - 1):
+            raise ValueError(f"FillSlots capacity must be a power of two, not {capacity!r}")
         self.width = width
         self.values = np.zeros((capacity, width))
         self.owner = np.full(capacity, -1, dtype=np.int64)
@@ -280,5 +283,8 @@ class FillSlots:
         return {"version": 1, "values": self.values.copy(), "owner": self.owner.copy()}
 
     def load_state_dict(self, state: dict) -> None:
+        owner = np.array(state["owner"], dtype=np.int64)
+        if not len(owner) or len(owner) & (len(owner) - 1):
+            raise ValueError(f"a FillSlots table of {len(owner)} rows: the size must be a power of two")
         self.values = np.array(state["values"], dtype=float).reshape(-1, self.width)
-        self.owner = np.array(state["owner"], dtype=np.int64)
+        self.owner = owner

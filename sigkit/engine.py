@@ -149,9 +149,11 @@ def merge_chunks(sources: Sequence[tuple[str, Iterable[np.ndarray]]]) -> Iterato
 
 def _single_source(label: str, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     """:func:`merge_chunks` of one source: its chunks as they are, except that a group of equal timestamp
-    cut by a chunk boundary is joined (only that group is copied)."""
-    last = None
-    carry = None  # the source's rows at the last timestamp seen, held until the next timestamp shows up
+    cut by a chunk boundary is joined (only that group is copied).  Each chunk is held until the next one
+    shows whether its last group goes on there, so a chunk whose last group ends with it is passed on whole
+    (not cut into its rows and a piece of its last group alone: every piece costs each model a call)."""
+    held = None  # the last chunk read, not passed on yet
+    last = None  # its last timestamp
     for chunk in chunks:
         if chunk.dtype != EVENT_DTYPE:
             raise PluginError(f"source {label!r} yielded an array that is not of sigkit.EVENT_DTYPE")
@@ -162,22 +164,25 @@ def _single_source(label: str, chunks: Iterable[np.ndarray]) -> Iterator[np.ndar
         if len(back) or (last is not None and ts[0] < last):
             at = int(ts[back[0] + 1]) if len(back) else int(ts[0])
             raise DataError(f"source {label!r} goes back in time at ts_ns={at}; events must be sorted by time")
-        if carry is not None:
+        if held is not None:
             same = int(np.searchsorted(ts, last, side="right"))
-            if same:
-                carry = np.concatenate([carry, chunk[:same]])
+            if not same:
+                yield held
+            else:  # the held chunk's last group goes on in this one: join that group
+                cut = int(np.searchsorted(held["ts_ns"], last, side="left"))
+                if cut:
+                    yield held[:cut]
+                group = np.concatenate([held[cut:], chunk[:same]])
                 chunk = chunk[same:]
                 if not len(chunk):
+                    held = group  # (it may go on in the next chunk too)
                     continue
-            yield carry
-            ts = chunk["ts_ns"]
+                yield group
+                ts = chunk["ts_ns"]
+        held = chunk
         last = int(ts[-1])
-        cut = int(np.searchsorted(ts, last, side="left"))
-        if cut:
-            yield chunk[:cut]
-        carry = chunk[cut:]
-    if carry is not None:
-        yield carry
+    if held is not None:
+        yield held
 
 
 def _interleave(parts: list[tuple[int, np.ndarray]]) -> np.ndarray:

@@ -65,6 +65,18 @@ def test_merge_orders_by_time_then_source_then_row_and_never_splits_a_timestamp(
         assert left["ts_ns"][-1] < right["ts_ns"][0]
 
 
+def test_one_source_passes_chunks_on_whole_and_joins_only_a_group_cut_by_a_boundary():
+    chunks = [chunk_of([book(1, 99, 101), trade(2, 1, 101)]),  # ends with its last group: passed on whole
+              chunk_of([trade(3, 1, 101), trade(4, 1, 101)]),  # its last group (ts 4) goes on in the next two
+              chunk_of([trade(4, -1, 99)]),
+              chunk_of([trade(4, 1, 101), book(6, 99, 101), trade(6, 1, 101)]),
+              chunk_of([book(8, 99, 101)])]
+    pieces = list(merge_chunks([("a", chunks)]))
+    assert [p["ts_ns"].tolist() for p in pieces] == [[1, 2], [3], [4, 4, 4], [6, 6], [8]]
+    assert pieces[0].base is chunks[0] or pieces[0] is chunks[0]  # (not copied)
+    assert np.concatenate(pieces)["side"].tolist() == [0, 1, 1, 1, -1, 1, 0, 1, 0]
+
+
 def test_source_going_back_in_time_is_a_data_error():
     bad = [chunk_of([book(5, 99, 101)]), chunk_of([book(4, 99, 101)])]
     with pytest.raises(DataError, match="goes back in time at ts_ns=4"):
@@ -185,8 +197,15 @@ def test_on_interval_hands_over_the_results_so_far(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(SIM_RECIPE_HEAD.format(name="iv", seed=2, world="informed", duration="2m")
                     + "models:\n  - id: flow\n    model: flow\n")
+    from sigkit.testing import rechunk, simulate_stream
+
+    class Chunked:  # the simulated events in chunks of about 200 rows: an interval after each
+        def chunks(self):
+            return iter(rechunk(list(simulate_stream("informed", "2m", seed=2)), 200))
+
     seen = []
-    result = replay_from_recipe(load_recipe(path, build_registry())).run(on_interval=seen.append, interval_s=0.0)
+    replay = replay_from_recipe(load_recipe(path, build_registry()), sources=[("sim", Chunked())])
+    result = replay.run(on_interval=seen.append, interval_s=0.0)
     assert len(seen) >= 2
     assert all(not r.completed and r.stop_reason == "running" for r in seen)
     sizes = [len(r.fills["ts_ns"]) for r in seen]

@@ -242,6 +242,8 @@ def test_fill_slots_grow_without_losing_entries_and_free_fills_that_will_never_b
     assert slots.capacity == 16  # fills 1..9 must coexist
     assert slots.owner[0] == -1  # fill 0 is older than anything pending: freed
     assert slots.owner[1 % 16] == 1 and tuple(slots.values[2]) == (2.0, -2.0)
+    with pytest.raises(ValueError, match="power of two"):  # (a slot is fill & (capacity - 1))
+        FillSlots(2, capacity=12)
 
 
 def test_run_per_event_flag_gives_the_same_predictions(tmp_path):
