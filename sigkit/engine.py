@@ -978,13 +978,32 @@ class _State:
             raise ModelError(f"{culprit[0]} raised {type(err).__name__} in {culprit[1]} at ts_ns={t}: {err}") from err
 
     def _derived(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The result's columns made from others: market names, whether labelled, the realized cost."""
+        """The result's columns made from others as rows leave memory: whether labelled, the realized cost."""
+        return {"labelled": ~np.isnan(cols["was_adverse"]), "realized_as_bps": -cols["markouts"][:, self.primary]}
+
+    def _market_names(self, market: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The venue and symbol of each fill, from its market code.  Fills of one market (the usual case: the
+        target's) share one name, a read-only broadcast that costs no memory however many fills; otherwise
+        the names are written to a file block by block and mapped (a long run's never all in memory)."""
         names = self.markets.names
         venues = np.array([v for v, _ in names] or [""], dtype=f"<U{VENUE_CHARS}")
         symbols = np.array([s for _, s in names] or [""], dtype=f"<U{SYMBOL_CHARS}")
-        market = cols["market"]
-        return {"venue": venues[market], "symbol": symbols[market], "labelled": ~np.isnan(cols["was_adverse"]),
-                "realized_as_bps": -cols["markouts"][:, self.primary]}
+        n = len(market)
+        if n and int(market.min()) == int(market.max()):
+            code = int(market[0])
+            return np.broadcast_to(venues[code:code + 1], (n,)), np.broadcast_to(symbols[code:code + 1], (n,))
+        if not isinstance(market, np.memmap):
+            return venues[market], symbols[market]
+        import tempfile
+
+        out = []
+        for table in (venues, symbols):
+            with tempfile.TemporaryFile() as handle:
+                for lo in range(0, n, 1 << 20):
+                    table[market[lo:lo + (1 << 20)]].tofile(handle)
+                handle.flush()
+                out.append(np.memmap(handle, dtype=table.dtype, mode="r", shape=(n,)))
+        return out[0], out[1]
 
     def _paths(self) -> dict[str, str]:
         """Which path each model and ensemble runs on: "batch" (on_batch) or "per-event"."""
@@ -1152,8 +1171,9 @@ class _State:
         """What the run produced so far (``final``: the run is over, and spilled columns may be handed over
         as maps of their files)."""
         cols = self.fills.finish() if final else {name: self.fills.view(name).copy() for name in self.fills.shapes}
-        if "venue" not in cols:  # in memory: make the derived columns here (on disk they were written as rows left)
+        if "labelled" not in cols:  # in memory: make the derived columns here (on disk they were written as rows left)
             cols.update(self._derived(cols))
+        cols["venue"], cols["symbol"] = self._market_names(cols["market"])
         markouts = cols["markouts"]
         fills = {
             "ts_ns": cols["ts"],

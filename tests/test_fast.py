@@ -365,6 +365,36 @@ def test_settled_fills_move_to_disk_and_the_result_and_checkpoints_are_unchanged
     assert np.array_equal(resumed.predictions["flow"]["p"], memory.predictions["flow"]["p"])
 
 
+def test_the_fills_market_names_cost_no_memory_for_one_market_and_stream_to_disk_for_several():
+    from conftest import fill
+
+    rows = [book(1, 99, 101)]
+    for t in range(2, 60):
+        row = fill(t, 1 if t % 2 else -1, 100.0)
+        if t % 3 == 0:
+            row.update(venue="w", symbol="Y")  # our fills on a second market too
+        rows.append(row)
+    one = [dict(r, venue="v", symbol="X") if r["kind"] == sigkit.FILL else r for r in rows]
+
+    def run(data, spill_rows):
+        replay = Replay(sources=[("s", ListSource([chunk_of(data[:30]), chunk_of(data[30:])]))],
+                        models=[("rate", build_registry().lookup("model", "base_rate").factory(
+                            _params(build_registry(), "base_rate"), _context("rate")))],
+                        target=sigkit.Market("v", "X"), labelling=Labelling(H), public_fills=False,
+                        spill_rows=spill_rows)
+        return replay.run().fills
+
+    single = run(one, 5)
+    assert single["venue"].strides == (0,) and set(single["venue"].tolist()) == {"v"}  # one name, broadcast
+    assert single["symbol"].dtype == np.dtype(f"<U{sigkit.events.SYMBOL_CHARS}")
+    expected = ["w" if t % 3 == 0 else "v" for t in range(2, 60)]
+    for spill_rows in (1 << 30, 5):
+        fills = run(rows, spill_rows)
+        assert isinstance(fills["venue"], np.memmap) == (spill_rows == 5)
+        assert fills["venue"].tolist() == expected
+        assert fills["symbol"].tolist() == ["Y" if v == "w" else "X" for v in expected]
+
+
 def _params(registry, name):
     from sigkit.params import build_params
 
