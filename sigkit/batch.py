@@ -134,7 +134,7 @@ class Batch:
     __slots__ = ("op", "ref", "events", "market", "kind", "ts", "q_ts", "q_market", "q_side", "q_price",
                  "q_size", "q_fill", "o_fill", "o_ts", "o_market", "o_side", "o_price", "o_size", "o_mid",
                  "o_markout_bps", "o_adverse", "o_realized_bps", "horizon_ns", "markets", "target", "oldest_pending",
-                 "_columns", "_features")
+                 "_columns", "_features", "_before")
 
     def __init__(self, *, op, ref, events, market, q, o, horizon_ns: int, markets: MarketCodes, target: int,
                  oldest_pending: int, columns: dict | None = None):
@@ -144,6 +144,7 @@ class Batch:
         self.market = market
         self._columns = {} if columns is None else columns
         self._features: dict[int, np.ndarray] = {}  # id(feature state) -> its rows at this batch's queries
+        self._before = None  # (steps + 1, 3): events, queries and outcomes before each step (made by steps())
         self.kind = self.column("kind")
         self.ts = self.column("ts_ns")
         self.q_ts, self.q_market, self.q_side, self.q_price, self.q_size, self.q_fill = q
@@ -193,13 +194,15 @@ class Batch:
 
     def steps(self, lo: int, hi: int) -> "Batch":
         """The same piece cut to schedule steps ``[lo, hi)`` (queries and outcomes renumbered from 0)."""
-        op, ref = self.op[lo:hi], self.ref[lo:hi]
-        qs, os_ = ref[op == QUERY], ref[op == OUTCOME]
-        qlo, qhi = (int(qs[0]), int(qs[-1]) + 1) if len(qs) else (0, 0)
-        olo, ohi = (int(os_[0]), int(os_[-1]) + 1) if len(os_) else (0, 0)
-        ref = ref.copy()
-        ref[op == QUERY] -= qlo
-        ref[op == OUTCOME] -= olo
+        op = self.op[lo:hi]
+        # Queries and outcomes are numbered in schedule order: those before step i are counted once per piece.
+        if self._before is None:
+            self._before = np.zeros((len(self.op) + 1, 3), dtype=np.int64)
+            self._before[1 + np.arange(len(self.op)), self.op] = 1
+            np.cumsum(self._before, axis=0, out=self._before)
+        qlo, olo = (int(v) for v in self._before[lo, (QUERY, OUTCOME)])
+        qhi, ohi = (int(v) for v in self._before[hi, (QUERY, OUTCOME)])
+        ref = self.ref[lo:hi] - np.array([0, qlo, olo], dtype=np.int64)[op]
         q = tuple(a[qlo:qhi] for a in (self.q_ts, self.q_market, self.q_side, self.q_price, self.q_size,
                                         self.q_fill))
         o = tuple(a[olo:ohi] for a in (self.o_fill, self.o_ts, self.o_market, self.o_side, self.o_price,
