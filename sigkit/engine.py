@@ -381,9 +381,9 @@ class Replay:
             from sigkit import fast
 
             # The engine's own compiled helpers (market codes, slot tables, prediction checks)...
-            width = state.markets._stacked.shape[1]
-            fast.match_markets(np.zeros((1, width), dtype=np.uint64), np.zeros((1, width), dtype=np.uint64),
-                               np.empty(1, dtype=np.int32))
+            probe, row = MarketCodes(), np.zeros(1, dtype=EVENT_DTYPE)
+            probe.of_chunk(row)  # (the first sight of a market numbers it; the second matches it, compiled)
+            probe.of_chunk(row)
             fast.release_slots(np.full(1, -1, dtype=np.int64), 0, 0)
             fast.first_invalid(np.zeros(1), np.zeros(1))
             # ... and every model's and combiner's kernels, on an empty batch.
@@ -685,6 +685,8 @@ class _State:
               event_rows):
         """Label what falls due in this piece and lay out its schedule: per group, the outcomes due before
         it, then its fills, then its events.  Returns the batch and, per group, where its queries start."""
+        from sigkit import schedule  # (compiled: numba is imported when a replay first needs it)
+
         f = self.fills
         b = f.base
         n_groups = len(group_ts)
@@ -694,7 +696,8 @@ class _State:
         for hi, h in enumerate(self.horizons):
             cand = np.concatenate([self.pending[hi], new_fills]) if len(self.pending[hi]) else new_fills
             due = f["ts"][cand - b] + h
-            group = np.searchsorted(group_ts, due, side="right")  # the first group later than the due time
+            group = np.empty(len(due), dtype=np.int64)
+            schedule.search_right(group_ts, due, group)  # the first group later than the due time
             k = int(np.searchsorted(group, n_groups, side="left"))
             done, group, self.pending[hi] = cand[:k], group[:k], cand[k:]
             mid = mid_before_group[group]
@@ -711,42 +714,28 @@ class _State:
                 adverse = markout < -self.labelling.threshold_bps
                 f["was_adverse"][done - b] = adverse
                 out_fill, out_group, out_mid, out_markout, out_adverse = done, group, mid, markout, adverse
-        # The schedule.
-        n_out = np.bincount(out_group, minlength=n_groups)
-        n_q = np.bincount(fill_group, minlength=n_groups)
-        n_ev = np.bincount(group_of_row[event_rows], minlength=n_groups)
-        total = n_out + n_q + n_ev
-        offset = np.cumsum(total) - total
-        steps = int(total.sum())
+        # The schedule, and the causal reference at each fill (outcomes delivered at or before its group count).
+        n_o, n_f = len(out_fill), len(fill_group)
+        steps = n_o + n_f + len(event_rows)
         op = np.empty(steps, dtype=np.int8)
         ref = np.empty(steps, dtype=np.int64)
-        n_o, n_f = len(out_fill), len(fill_group)
-        pos = offset[out_group] + (np.arange(n_o) - (np.cumsum(n_out) - n_out)[out_group])
-        op[pos] = OUTCOME
-        ref[pos] = np.arange(n_o)
-        pos = offset[fill_group] + n_out[fill_group] + (np.arange(n_f) - (np.cumsum(n_q) - n_q)[fill_group])
-        op[pos] = QUERY
-        ref[pos] = np.arange(n_f)
-        eg = group_of_row[event_rows]
-        pos = offset[eg] + n_out[eg] + n_q[eg] + (np.arange(len(event_rows)) - (np.cumsum(n_ev) - n_ev)[eg])
-        op[pos] = EVENT
-        ref[pos] = event_rows
-        # The causal reference at each fill: outcomes delivered at or before its group count.
-        adverse_by_group = np.bincount(out_group, weights=out_adverse, minlength=n_groups)
-        if n_f:
-            seen = np.cumsum(n_out)[fill_group] + self.ref_total
-            bad = np.cumsum(adverse_by_group)[fill_group] + self.ref_adverse
-            f["p_ref"][first_fill - b:f.n - b] = (bad + 1.0) / (seen + 2.0)
+        query_starts = np.empty(n_groups, dtype=np.int64)
+        out_adverse = out_adverse.astype(float)
+        laid = schedule.lay_out(n_groups, out_group, fill_group, group_of_row[event_rows], event_rows, out_adverse,
+                                self.ref_total, self.ref_adverse, op, ref, query_starts,
+                                f["p_ref"][first_fill - b:f.n - b])
+        if laid != steps:
+            raise RuntimeError(f"sigkit bug: a schedule of {laid} steps for {steps} outcomes, queries and events")
         self.ref_total += float(n_o)
         self.ref_adverse += float(out_adverse.sum())
         new = slice(first_fill - b, f.n - b)
         q = (f["ts"][new], f["market"][new], f["side"][new], f["price"][new], f["size"][new], new_fills)
         lo = out_fill - b
         o = (out_fill, f["ts"][lo], f["market"][lo], f["side"][lo], f["price"][lo], f["size"][lo], out_mid, out_markout,
-             out_adverse.astype(float), -out_markout)
+             out_adverse, -out_markout)
         batch = Batch(op=op, ref=ref, events=chunk, market=market, q=q, o=o, horizon_ns=self.labelling.horizon_ns,
                       markets=self.markets, target=self.target_code, oldest_pending=oldest_pending)
-        return batch, group_ts, offset + n_out
+        return batch, group_ts, query_starts
 
     def _run(self, plan, snapshots: bool = True) -> None:
         """Hand the batch to every model and combiner, taking the snapshots that fall inside it."""

@@ -237,3 +237,54 @@ def test_the_state_history_stays_bounded_and_keeps_what_the_doubled_interval_wou
     assert run(chunks, 10**9, 1000).state_interval_ns == 10**9
     with pytest.raises(sigkit.SigkitError, match="max_snapshots"):
         run(chunks, 10**9, 1)
+
+
+def _numpy_lay_out(n_groups, out_group, fill_group, event_group, event_rows, out_adverse, ref_total, ref_adverse):
+    """The schedule as whole-array numpy computes it (what sigkit.schedule.lay_out replaced)."""
+    from sigkit.batch import EVENT, OUTCOME, QUERY
+
+    n_out = np.bincount(out_group, minlength=n_groups)
+    n_q = np.bincount(fill_group, minlength=n_groups)
+    n_ev = np.bincount(event_group, minlength=n_groups)
+    total = n_out + n_q + n_ev
+    offset = np.cumsum(total) - total
+    op = np.empty(int(total.sum()), dtype=np.int8)
+    ref = np.empty(len(op), dtype=np.int64)
+    for kind, group, n, before, refs in ((OUTCOME, out_group, n_out, 0, np.arange(len(out_group))),
+                                         (QUERY, fill_group, n_q, n_out, np.arange(len(fill_group))),
+                                         (EVENT, event_group, n_ev, n_out + n_q, event_rows)):
+        pos = offset[group] + (before[group] if np.ndim(before) else 0) + (np.arange(len(group))
+                                                                            - (np.cumsum(n) - n)[group])
+        op[pos] = kind
+        ref[pos] = refs
+    seen = np.cumsum(n_out)[fill_group] + ref_total
+    bad = np.cumsum(np.bincount(out_group, weights=out_adverse, minlength=n_groups))[fill_group] + ref_adverse
+    return op, ref, offset + n_out, (bad + 1.0) / (seen + 2.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_compiled_schedule_is_the_numpy_one(seed):
+    from sigkit import schedule
+
+    rng = np.random.default_rng(seed)
+    n_groups = int(rng.integers(0, 40))
+    draw = lambda k: np.sort(rng.integers(0, max(n_groups, 1), size=k if n_groups else 0))  # noqa: E731
+    out_group, fill_group, event_group = draw(int(rng.integers(0, 30))), draw(int(rng.integers(0, 30))), draw(50)
+    event_rows = np.sort(rng.choice(1000, size=len(event_group), replace=False)).astype(np.int64)
+    out_adverse = rng.integers(0, 2, size=len(out_group)).astype(float)
+    ref_total, ref_adverse = float(rng.integers(0, 100)), float(rng.integers(0, 50))
+    want = _numpy_lay_out(n_groups, out_group, fill_group, event_group, event_rows, out_adverse, ref_total,
+                          ref_adverse)
+    steps = len(out_group) + len(fill_group) + len(event_group)
+    op, ref = np.empty(steps, dtype=np.int8), np.empty(steps, dtype=np.int64)
+    starts, p_ref = np.empty(n_groups, dtype=np.int64), np.empty(len(fill_group))
+    assert schedule.lay_out(n_groups, out_group, fill_group, event_group, event_rows, out_adverse, ref_total,
+                            ref_adverse, op, ref, starts, p_ref) == steps
+    for got, expected in zip((op, ref, starts, p_ref), want):
+        assert got.tobytes() == np.asarray(expected, dtype=got.dtype).tobytes()
+    # The merge search is numpy's searchsorted(side="right"), for sorted keys and for any others.
+    a = np.sort(rng.integers(0, 100, size=int(rng.integers(0, 60))))
+    for keys in (np.sort(rng.integers(-5, 105, size=80)), rng.integers(-5, 105, size=80)):
+        out = np.empty(len(keys), dtype=np.int64)
+        schedule.search_right(a, keys, out)
+        assert out.tolist() == np.searchsorted(a, keys, side="right").tolist()
