@@ -434,6 +434,7 @@ class _Columns:
         self.derived_dtypes: dict[str, np.dtype] = {}
         self.spill_dir: str | None = None
         self._files: dict = {}
+        self.market_range: tuple[int, int] | None = None  # the lowest and highest market code of rows on disk
         self._grow(1024)
 
     def _grow(self, cap: int) -> None:
@@ -471,6 +472,7 @@ class _Columns:
         if self.spill_dir is None:
             self.spill_dir = tempfile.mkdtemp(prefix="sigkit-fills-")
         held = self.n - self.base
+        self._note_markets(self.cols["market"][:count])
         for name, col in self.cols.items():
             handle = self._files.get(name)
             if handle is None:
@@ -482,6 +484,15 @@ class _Columns:
             if col.dtype.kind == "f":
                 col[held - count:held] = np.nan
         self.base = final
+
+    def _note_markets(self, market: np.ndarray) -> None:
+        """Widen :attr:`market_range` to the codes of rows going to disk (so the result never reads them
+        back to learn whether every fill is of one market)."""
+        if len(market):
+            lo, hi = int(market.min()), int(market.max())
+            if self.market_range is not None:
+                lo, hi = min(lo, self.market_range[0]), max(hi, self.market_range[1])
+            self.market_range = (lo, hi)
 
     def _write_derived(self, count: int) -> None:
         """Append the derived columns of the first ``count`` rows in memory to their files (so the result
@@ -511,6 +522,7 @@ class _Columns:
         if not self.base:
             return {name: self.view(name).copy() for name in self.shapes}
         out = {}
+        self._note_markets(self.cols["market"][:self.n - self.base])
         self._write_derived(self.n - self.base)
         shapes = dict(self.shapes)
         shapes.update({name: (dtype, ()) for name, dtype in self.derived_dtypes.items()})
@@ -973,23 +985,27 @@ class _State:
     def _market_names(self, market: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The venue and symbol of each fill, from its market code.  Fills of one market (the usual case: the
         target's) share one name, a read-only broadcast that costs no memory however many fills; otherwise
-        the names are written to a file block by block and mapped (a long run's never all in memory)."""
+        the names are written to a file block by block and mapped.  A mapped (spilled) column is read a block
+        at a time, each block's pages given back after it, so a long run's result holds none of it in memory."""
         names = self.markets.names
         venues = np.array([v for v, _ in names] or [""], dtype=f"<U{VENUE_CHARS}")
         symbols = np.array([s for _, s in names] or [""], dtype=f"<U{SYMBOL_CHARS}")
         n = len(market)
-        if n and int(market.min()) == int(market.max()):
-            code = int(market[0])
-            return np.broadcast_to(venues[code:code + 1], (n,)), np.broadcast_to(symbols[code:code + 1], (n,))
-        if not isinstance(market, np.memmap):
+        spilled = isinstance(market, np.memmap)
+        lo, hi = self.fills.market_range if spilled else (int(market.min()), int(market.max())) if n else (0, 0)
+        if n and lo == hi:
+            return np.broadcast_to(venues[lo:lo + 1], (n,)), np.broadcast_to(symbols[lo:lo + 1], (n,))
+        if not spilled:
             return venues[market], symbols[market]
         import tempfile
 
         out = []
+        block = 1 << 20
         for table in (venues, symbols):
             with tempfile.TemporaryFile() as handle:
-                for lo in range(0, n, 1 << 20):
-                    table[market[lo:lo + (1 << 20)]].tofile(handle)
+                for start in range(0, n, block):
+                    table[market[start:start + block]].tofile(handle)
+                    _release_pages(market)
                 handle.flush()
                 out.append(np.memmap(handle, dtype=table.dtype, mode="r", shape=(n,)))
         return out[0], out[1]
@@ -1197,6 +1213,15 @@ class _State:
 
 
 _NO_EVENTS = np.empty(0, dtype=EVENT_DTYPE)
+
+
+def _release_pages(mapped: np.memmap) -> None:
+    """Drop the pages of a read-only file map from this process's memory (they stay in the file)."""
+    import mmap
+
+    handle = getattr(mapped, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)
 
 
 
