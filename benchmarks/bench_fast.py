@@ -3,6 +3,7 @@
     python benchmarks/bench_fast.py                      # the quickstart world over 24h: 1, 2 (A/B) and 4 models
     python benchmarks/bench_fast.py --duration 6h        # shorter
     python benchmarks/bench_fast.py --per-event-limit 2h # the per-event path on the first 2h only
+    python benchmarks/bench_fast.py --models 4 --pairs 5 # and five back-to-back numpy/quickstart pairs
 
 The day is simulated once (the quickstart's ``mixed`` world, seed 7) and kept as a raw file of
 ``sigkit.EVENT_DTYPE`` rows in ``--data-dir``; every pass then reads it in 16,384-row chunks from disk, so
@@ -278,6 +279,10 @@ def main() -> None:
                              "pass runs once)")
     parser.add_argument("--streaming", action="store_true",
                         help="also run the batch path on a quarter and on half of the data, to show peak memory")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="then run the numpy reference and the batch path of the last model set one after the "
+                             "other this many times, and print each pair's ratio and their median (a noisy "
+                             "machine slows passes at random; a pair run back to back shares its moment)")
     parser.add_argument("--child", choices=["per-event", "batch", "numpy"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--limit-ns", type=int, default=0, help=argparse.SUPPRESS)
@@ -333,6 +338,17 @@ def main() -> None:
             b_rate = b["events"] / b["seconds"]
             print(f"{names[models]}, {b['threads']} thread{'s' if b['threads'] > 1 else ''}: batch is "
                   f"{b_rate / pe_rate:.1f}x the per-event path and {ref_rate / b_rate:.1f}x the numpy reference's time")
+    if args.pairs:
+        models = model_sets[-1]
+        ratios = []
+        for _ in range(args.pairs):
+            ref = run_child(data, "numpy", "0", args.duration, None)
+            run = run_child(data, "batch", models, args.duration, None, threads=thread_counts[0])
+            ratios.append(run["seconds"] / ref["seconds"])
+            print(f"pair {len(ratios)}: numpy {ref['seconds']:.2f} s, batch ({names[models]}) {run['seconds']:.2f} s: "
+                  f"{ratios[-1]:.2f}x", flush=True)
+        print(f"{names[models]}: median of {len(ratios)} pairs {float(np.median(ratios)):.2f}x the numpy reference's "
+              f"time (range {min(ratios):.2f}x-{max(ratios):.2f}x)")
 
 if __name__ == "__main__":
     main()
