@@ -147,13 +147,19 @@ def merge_chunks(sources: Sequence[tuple[str, Iterable[np.ndarray]]]) -> Iterato
                 refill(k)
 
 
+#: A chunk of at least this many rows is held whole until the next shows where its last group ends; a
+#: smaller one (a live feed's) is passed on at once but for its last group, which alone waits.
+_WHOLE_ROWS = 1024
+
+
 def _single_source(label: str, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     """:func:`merge_chunks` of one source: its chunks as they are, except that a group of equal timestamp
-    cut by a chunk boundary is joined (only that group is copied).  Each chunk is held until the next one
-    shows whether its last group goes on there, so a chunk whose last group ends with it is passed on whole
-    (not cut into its rows and a piece of its last group alone: every piece costs each model a call)."""
-    held = None  # the last chunk read, not passed on yet
-    last = None  # its last timestamp
+    cut by a chunk boundary is joined (only that group is copied).  A large chunk is held until the next one
+    shows whether its last group goes on there, so that it is passed on whole, not as its rows and then a
+    piece of its last group alone (every piece costs each model a call); a small one, as a live feed gives,
+    is passed on at once but for its last group."""
+    held = None  # rows read and not passed on yet: a whole chunk, or a chunk's last group
+    last = None  # their last timestamp
     for chunk in chunks:
         if chunk.dtype != EVENT_DTYPE:
             raise PluginError(f"source {label!r} yielded an array that is not of sigkit.EVENT_DTYPE")
@@ -168,7 +174,7 @@ def _single_source(label: str, chunks: Iterable[np.ndarray]) -> Iterator[np.ndar
             same = int(np.searchsorted(ts, last, side="right"))
             if not same:
                 yield held
-            else:  # the held chunk's last group goes on in this one: join that group
+            else:  # the held rows' last group goes on in this chunk: join that group
                 cut = int(np.searchsorted(held["ts_ns"], last, side="left"))
                 if cut:
                     yield held[:cut]
@@ -179,8 +185,14 @@ def _single_source(label: str, chunks: Iterable[np.ndarray]) -> Iterator[np.ndar
                     continue
                 yield group
                 ts = chunk["ts_ns"]
-        held = chunk
         last = int(ts[-1])
+        if len(chunk) >= _WHOLE_ROWS:
+            held = chunk
+        else:
+            cut = int(np.searchsorted(ts, last, side="left"))
+            if cut:
+                yield chunk[:cut]
+            held = chunk[cut:]
     if held is not None:
         yield held
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -71,10 +72,14 @@ def test_one_source_passes_chunks_on_whole_and_joins_only_a_group_cut_by_a_bound
               chunk_of([trade(4, -1, 99)]),
               chunk_of([trade(4, 1, 101), book(6, 99, 101), trade(6, 1, 101)]),
               chunk_of([book(8, 99, 101)])]
-    pieces = list(merge_chunks([("a", chunks)]))
+    small = list(merge_chunks([("a", chunks)]))  # (as a live feed gives them): all but each last group at once
+    assert [p["ts_ns"].tolist() for p in small] == [[1], [2], [3], [4, 4, 4], [6, 6], [8]]
+    with mock.patch("sigkit.engine._WHOLE_ROWS", 1):  # large chunks: held until the next shows where they end
+        pieces = list(merge_chunks([("a", chunks)]))
     assert [p["ts_ns"].tolist() for p in pieces] == [[1, 2], [3], [4, 4, 4], [6, 6], [8]]
     assert pieces[0].base is chunks[0] or pieces[0] is chunks[0]  # (not copied)
-    assert np.concatenate(pieces)["side"].tolist() == [0, 1, 1, 1, -1, 1, 0, 1, 0]
+    for got in (small, pieces):
+        assert np.concatenate(got)["side"].tolist() == [0, 1, 1, 1, -1, 1, 0, 1, 0]
 
 
 def test_source_going_back_in_time_is_a_data_error():
