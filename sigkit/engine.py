@@ -35,7 +35,7 @@ import numpy as np
 
 from sigkit.context import Market
 from sigkit.errors import DataError, ModelError, PluginError, SigkitError
-from sigkit.batch import EVENT, OUTCOME, QUERY, Batch, BatchPredictions, MarketCodes
+from sigkit.batch import EVENT, QUERY, Batch, BatchPredictions, MarketCodes
 from sigkit.events import (
     BOOK, EVENT_DTYPE, FILL, STAT, SYMBOL_CHARS, TRADE, VENUE_CHARS, BookUpdate, FillQuery, MarketStat, Outcome, Prediction, Trade,
 )

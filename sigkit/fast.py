@@ -23,11 +23,14 @@ import ctypes.util
 import functools
 import hashlib
 import os
+import types
 from pathlib import Path
 
 import numba
 from llvmlite import binding as _llvm
+from numba.core import cgutils
 from numba.core import types as _types
+from numba.extending import intrinsic
 from numba.extending import overload as _overload, register_jitable as _register_jitable
 
 from sigkit import batch, learn
@@ -86,7 +89,7 @@ def _install_locators() -> None:
 
 _install_locators()
 
-__all__ = ["kernel", "twin", "sigmoid", "logit", "logistic_decision", "logistic_step", "base_rate_value",
+__all__ = ["kernel", "twin", "inline", "borrowed", "sigmoid", "logit", "logistic_decision", "logistic_step", "base_rate_value",
            "expected_cost", "evidence_confidence", "solve_spd", "newton_decision", "newton_step", "regime_decay",
            "regime_observe", "regime_span", "regime_state", "slot_put", "slot_take"]
 
@@ -101,6 +104,35 @@ def twin(fn):
     formula becomes callable by its plain name from other formulas' twins too."""
     _register_jitable(fn)
     return numba.njit(cache=True, nogil=True)(fn)
+
+
+# -- for a kernel's hottest loop -------------------------------------------------------------------------
+# Numba counts the references of every array view it makes (``theta[state]``, ``tf[0:2]``) and of every
+# array it passes to a compiled function it does not inline, with an atomic increment and decrement each; at
+# a few views per step that can cost more than the arithmetic.  A kernel can inline the formulas it calls per
+# step (:func:`inline`: the same source, the same arithmetic) and take its views through :func:`borrowed`.
+
+def inline(fn, **calls):
+    """``fn`` (a plain formula) compiled to be inlined into the kernels that call it.  ``calls`` rebinds names
+    the formula calls, to inline those too: ``inline(learn.newton_step, solve_spd=inline(learn.solve_spd))``
+    (the same code object; only the names it looks up change)."""
+    if calls:
+        fn = types.FunctionType(fn.__code__, {**fn.__globals__, **calls}, fn.__name__, fn.__defaults__,
+                                fn.__closure__)
+    return numba.njit(nogil=True, inline="always")(fn)
+
+
+@intrinsic
+def borrowed(typingctx, arr):
+    """``arr`` without its reference count (a NULL meminfo), so that the views made of it and passing it to
+    compiled functions cost no atomic operations.  Only for an array that outlives every use of the result:
+    a kernel's argument (alive for the whole call), or an array the kernel itself still uses at its end."""
+    def codegen(context, builder, signature, args):
+        view = context.make_array(arr)(context, builder, value=args[0])
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        return view._getvalue()
+
+    return arr(arr), codegen
 
 
 def _c_pow_address() -> int:

@@ -160,6 +160,16 @@ class _RegimeAware(sigkit.LearnedState):
         return (True, batch.markets.code(t.venue, t.symbol), np.array(t._rates, dtype=np.float64), float(t.ratio),
                 dims, tf, ti)
 
+    def _tracker_state_arrays(self):
+        """The tracker's state as :meth:`_tracker_arrays` packs it (``tf``, ``ti``)."""
+        t = self.tracker
+        if t is None:
+            return np.zeros(7), np.zeros(5, dtype=np.int64)
+        tf = np.array([*t._var, *t._spread, *t._weight, 0.0 if t._last_mid is None else t._last_mid])
+        ti = np.array([t._last_ts is not None, t._last_ts or 0, t._first_ts is not None, t._first_ts or 0,
+                       t._last_mid is not None], dtype=np.int64)
+        return tf, ti
+
     def _tracker_back(self, tf, ti) -> None:
         t = self.tracker
         if t is None:
@@ -191,6 +201,7 @@ class Stacking(_RegimeAware):
     """
 
     STATE_VERSION = 2  # 1: SGD weights (OnlineLogistic), no member average
+    STATE_EXCLUDE = (*sigkit.LearnedState.STATE_EXCLUDE, "_constants")
 
     def __init__(self, params: StackingParams, context: sigkit.RunContext):
         if params.prior_precision <= 0:
@@ -211,6 +222,7 @@ class Stacking(_RegimeAware):
         self.equal = [1.0 / k] * k
         # The batch path's memory of each fill: regime state, offset, stacker's p, inputs, member p.
         self.slots = sigkit.FillSlots(3 + 2 * k)
+        self._constants = None  # the batch path's configuration arrays (_batch_constants)
 
     def _inputs(self, predictions) -> tuple[list[float], float]:
         x = [sigkit.logit(p.p_adverse) for p in predictions]
@@ -254,8 +266,10 @@ class Stacking(_RegimeAware):
         return out
 
     def on_batch(self, batch, members):
-        mp, mc, mk = _member_arrays(members)
-        out = np.empty((3, mp.shape[0]))
+        # The member predictions as the engine hands them over, (n_members, n_queries): no transposed copy.
+        mp, mc, mk = (np.ascontiguousarray(a, dtype=np.float64)
+                      for a in (members.p, members.confidence, members.cost_bps))
+        out = np.empty((3, mp.shape[1]))
         self.slots.ensure(batch)
         models, rate = self.models, self.base_rate
         theta = np.array([m.theta for m in models], dtype=np.float64)
@@ -264,14 +278,14 @@ class Stacking(_RegimeAware):
         log_mix = np.array(self.log_mixtures, dtype=np.float64)
         br = np.array([rate._adverse, rate._total])
         bri = np.array([rate.n, rate._last_ts is not None, rate._last_ts or 0], dtype=np.int64)
-        tracked, target, rates, ratio, dims, tf, ti = self._tracker_arrays(batch)
-        first = models[0]
+        tf, ti = self._tracker_state_arrays()
+        target, rates, ratio, dims, keep, prior, precision = self._batch_constants(batch)
         kernel.stacking_kernel(
             batch.op, batch.ref, batch.kind, batch.market, batch.column("bid_px"), batch.column("ask_px"), batch.ts,
-            batch.q_ts, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse, mp, mc, mk, target, tracked, rates,
-            ratio, dims, self.excess, bool(self.params.mix_members), float(self.params.evidence), float(first.keep),
-            np.array(first.prior, dtype=np.float64), np.array(first.prior_precision, dtype=np.float64), theta,
-            curvature, n_updates, log_mix, br, bri, tf, ti, self.slots.values, self.slots.owner, out)
+            batch.q_ts, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse, mp, mc, mk, target,
+            self.tracker is not None, rates, ratio, dims, self.excess, bool(self.params.mix_members),
+            float(self.params.evidence), keep, prior, precision, theta, curvature, n_updates, log_mix, br, bri, tf, ti,
+            self.slots.values, self.slots.owner, out)
         for s, m in enumerate(models):
             m.theta = theta[s].tolist()
             m.curvature = curvature[s].tolist()
@@ -282,6 +296,24 @@ class Stacking(_RegimeAware):
             rate._last_ts = int(bri[2])
         self._tracker_back(tf, ti)
         return sigkit.BatchPredictions(out[0], out[1], out[2])
+
+    def _batch_constants(self, batch):
+        """The kernel's arguments that only the configuration sets (the target's code, the tracker's rates,
+        ratio and dimensions, the fit's forgetting and prior), made once for a run's market codes (and again
+        after :meth:`load_state_dict`)."""
+        cached = self._constants
+        if cached is not None and cached[0] is batch.markets:
+            return cached[1]
+        _, target, rates, ratio, dims, _, _ = self._tracker_arrays(batch)
+        first = self.models[0]
+        constants = (target, rates, ratio, dims, float(first.keep), np.array(first.prior, dtype=np.float64),
+                     np.array(first.prior_precision, dtype=np.float64))
+        self._constants = (batch.markets, constants)
+        return constants
+
+    def load_state_dict(self, state: dict) -> None:
+        self._constants = None
+        super().load_state_dict(state)
 
     def describe(self):
         return {"regimes": list(self.params.regimes), "pool": self.params.pool,

@@ -18,9 +18,9 @@ import math
 
 import numpy as np
 
-from sigkit import fast
-from sigkit.learn import REGIME_CODES, power
+from sigkit import fast, learn
 from sigkit.batch import BOOK, EVENT, OUTCOME, QUERY
+from sigkit.learn import REGIME_CODES, power
 
 # -- pools ---------------------------------------------------------------------------------------------
 
@@ -133,6 +133,15 @@ _newton_step = fast.newton_step
 _regime_decay = fast.regime_decay
 _regime_observe = fast.regime_observe
 _regime_state = fast.regime_state
+
+
+# -- for the stacking kernel's loop (see sigkit.fast.inline / borrowed: views and calls without reference
+# counting) -----------------------------------------------------------------------------------------------
+
+_inline, _borrowed = fast.inline, fast.borrowed
+_inline_newton_decision = _inline(learn.newton_decision)
+_inline_regime_state = _inline(learn.regime_state)
+_inline_newton_step = _inline(learn.newton_step, solve_spd=_inline(learn.solve_spd))
 _hedge_step = fast.twin(hedge_step)
 
 #: Regime dimension codes in kernels.
@@ -161,38 +170,59 @@ def pool_kernel(logodds, weights, scale, mp, mc, mk, out):
 def _tracker_to(tf, ti, rates, t):
     """RegimeTracker._decay: ``tf`` = var (2), spread (2), weight (2), last mid; ``ti`` = has last time, last
     time, has first time, first time, has last mid."""
-    if ti[0] and t > ti[1]:
-        _regime_decay(tf[0:2], tf[2:4], tf[4:6], rates, t - ti[1])
-    if not ti[0] or t > ti[1]:
-        ti[0] = 1
-        ti[1] = t
+    _tracker_decay(tf[0:2], tf[2:4], tf[4:6], ti, rates, t)
 
 
 @fast.kernel
 def _tracker_book(tf, ti, rates, t, bid_px, ask_px):
     """RegimeTracker.on_book_update (of the tracked market)."""
+    _tracker_observe(tf[0:2], tf[2:4], tf[4:6], tf, ti, rates, t, bid_px, ask_px)
+
+
+@fast.kernel
+def _tracker_state(tf, ti, rates, ratio, dims, t):
+    """RegimeTracker.state(t)."""
+    return _tracker_regime(tf[0:2], tf[2:4], tf[4:6], ti, rates, ratio, dims, t)
+
+
+# The same three on views ``var``, ``spread``, ``weight`` of ``tf`` that a kernel makes once, before its loop
+# (a view made at every step costs reference counting), inlined into the kernels.
+
+@_inline
+def _tracker_decay(var, spread, weight, ti, rates, t):
+    """:func:`_tracker_to` on the views."""
+    if ti[0] and t > ti[1]:
+        _regime_decay(var, spread, weight, rates, t - ti[1])
+    if not ti[0] or t > ti[1]:
+        ti[0] = 1
+        ti[1] = t
+
+
+@_inline
+def _tracker_observe(var, spread, weight, tf, ti, rates, t, bid_px, ask_px):
+    """:func:`_tracker_book` on the views."""
     if not ti[2]:
         ti[2] = 1
         ti[3] = t
     mid = 0.5 * (bid_px + ask_px)
     if not mid > 0:
         return
-    _tracker_to(tf, ti, rates, t)
-    _regime_observe(tf[0:2], tf[2:4], tf[4:6], bid_px, ask_px, mid, tf[6] if ti[4] else 0.0)
+    _tracker_decay(var, spread, weight, ti, rates, t)
+    _regime_observe(var, spread, weight, bid_px, ask_px, mid, tf[6] if ti[4] else 0.0)
     tf[6] = mid
     ti[4] = 1
 
 
-@fast.kernel
-def _tracker_state(tf, ti, rates, ratio, dims, t):
-    """RegimeTracker.state(t)."""
-    _tracker_to(tf, ti, rates, t)
+@_inline
+def _tracker_regime(var, spread, weight, ti, rates, ratio, dims, t):
+    """:func:`_tracker_state` on the views."""
+    _tracker_decay(var, spread, weight, ti, rates, t)
     elapsed = 1
     if ti[2]:
         elapsed = t - ti[3]
         if 1 > elapsed:
             elapsed = 1
-    return _regime_state(tf[0:2], tf[2:4], tf[4:6], rates, ratio, dims, elapsed)
+    return _inline_regime_state(var, spread, weight, rates, ratio, dims, elapsed)
 
 
 @fast.kernel
@@ -202,50 +232,82 @@ def stacking_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_f
     """Stacking over a batch.  Per regime state: ``theta`` (S, n), ``curvature`` (S, n, n), ``n_updates``
     (S), ``log_mix`` (S, k + 1).  ``br`` = base rate (adverse, total), ``bri`` = its outcomes, has last
     time, last time.  ``tf``/``ti``: the regime tracker (see :func:`_tracker_to`).  A slot holds
-    state, offset, stacker's p, the inputs (k) and the member probabilities (k)."""
-    k = mp.shape[1]
+    state, offset, stacker's p, the inputs (k) and the member probabilities (k).  ``mp``, ``mc``, ``mk`` are
+    (n_members, n_queries), as the engine hands them over."""
+    k = mp.shape[0]
     n = k + 1
-    x = np.empty(k)
-    pm = np.empty(k)
-    mixture = np.empty(k + 1)
-    hessian = np.empty((n, n))
-    low = np.zeros((n, n))
-    grad = np.empty(n)
-    tmp = np.empty(n)
-    step = np.empty(n)
-    equal = np.full(k, 1.0 / k)
+    # Scratch: views of one array (``scratch``, used at the end to keep it alive), borrowed (_borrowed).
+    scratch = np.zeros(6 * k + 1 + 3 * n + 2 * n * n)
+    x = _borrowed(scratch[0:k])
+    pm = _borrowed(scratch[k:2 * k])
+    conf = _borrowed(scratch[2 * k:3 * k])
+    cost = _borrowed(scratch[3 * k:4 * k])
+    equal = _borrowed(scratch[4 * k:5 * k])
+    mixture = _borrowed(scratch[5 * k:6 * k + 1])
+    at = 6 * k + 1
+    grad = _borrowed(scratch[at:at + n])
+    tmp = _borrowed(scratch[at + n:at + 2 * n])
+    step = _borrowed(scratch[at + 2 * n:at + 3 * n])
+    hessian = _borrowed(scratch[at + 3 * n:at + 3 * n + n * n].reshape((n, n)))
+    low = _borrowed(scratch[at + 3 * n + n * n:at + 3 * n + 2 * n * n].reshape((n, n)))
+    for j in range(k):
+        equal[j] = 1.0 / k
+    tf, ti, rates, dims = _borrowed(tf), _borrowed(ti), _borrowed(rates), _borrowed(dims)
+    var, spread, weight = tf[0:2], tf[2:4], tf[4:6]
+    # Caches, each valid while what it was computed from is unchanged: ``mixture`` holds the member average
+    # of regime state ``mixed`` (-1: none), from ``log_mix[mixed]``, which only an outcome of that state
+    # moves; ``excess_offset`` the offset from ``br``, which only an outcome moves.  ``theta_s``,
+    # ``curvature_s`` and ``log_mix_s`` are the rows of regime state ``viewed``.
+    mixed = -1
+    offset_known = False
+    excess_offset = 0.0
+    viewed = 0
+    theta_s, curvature_s, log_mix_s = _borrowed(theta[0]), _borrowed(curvature[0]), _borrowed(log_mix[0])
     for i in range(op.size):
         s = op[i]
         if s == EVENT:
             r = ref[i]
             if tracked and kind[r] == BOOK and market[r] == target:
-                _tracker_book(tf, ti, rates, ts[r], bid_px[r], ask_px[r])
+                _tracker_observe(var, spread, weight, tf, ti, rates, ts[r], bid_px[r], ask_px[r])
         elif s == QUERY:
             q = ref[i]
-            state = _tracker_state(tf, ti, rates, ratio, dims, q_ts[q]) if tracked else 0
+            state = _tracker_regime(var, spread, weight, ti, rates, ratio, dims, q_ts[q]) if tracked else 0
+            if state != viewed:
+                viewed = state
+                theta_s, curvature_s, log_mix_s = (_borrowed(theta[state]), _borrowed(curvature[state]),
+                                                   _borrowed(log_mix[state]))
             offset = 0.0
             if excess:
-                offset = fast.logit(fast.base_rate_value(br[0], br[1], 1.0, 2.0))
+                if not offset_known:
+                    excess_offset = fast.logit(fast.base_rate_value(br[0], br[1], 1.0, 2.0))
+                    offset_known = True
+                offset = excess_offset
             for j in range(k):
-                x[j] = fast.logit(mp[q, j])
+                x[j] = fast.logit(mp[j, q])
                 if excess:
                     x[j] = x[j] - offset
-            stacked = fast.sigmoid(_newton_decision(theta[state], x, offset))
+                pm[j] = mp[j, q]
+            stacked = fast.sigmoid(_inline_newton_decision(theta_s, x, offset))
             slot = fast.slot_put(slot_owner, q_fill[q])
             slot_v[slot, 0] = state
             slot_v[slot, 1] = offset
             slot_v[slot, 2] = stacked
             for j in range(k):
                 slot_v[slot, 3 + j] = x[j]
-                slot_v[slot, 3 + k + j] = mp[q, j]
+                slot_v[slot, 3 + k + j] = pm[j]
             p = stacked
             if mix:
-                _mixture_weights(log_mix[state], mixture)
-                p = _mixture_pool(mixture, stacked, mp[q])
+                if mixed != state:
+                    _mixture_weights(log_mix_s, mixture)
+                    mixed = state
+                p = _mixture_pool(mixture, stacked, pm)
             own = fast.evidence_confidence(n_updates[state], evidence)
             out[0, q] = p
-            out[1, q] = own * _linear_pool(equal, mc[q])
-            out[2, q] = _pooled_cost(equal, mk[q])
+            for j in range(k):
+                conf[j] = mc[j, q]
+                cost[j] = mk[j, q]
+            out[1, q] = own * _linear_pool(equal, conf)
+            out[2, q] = _pooled_cost(equal, cost)
         elif s == OUTCOME:
             o = ref[i]
             adverse = o_adverse[o] == 1.0
@@ -253,22 +315,30 @@ def stacking_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_f
             slot = fast.slot_take(slot_owner, o_fill[o])
             if slot >= 0:
                 state = int(slot_v[slot, 0])
+                if state != viewed:
+                    viewed = state
+                    theta_s, curvature_s, log_mix_s = (_borrowed(theta[state]), _borrowed(curvature[state]),
+                                                       _borrowed(log_mix[state]))
                 offset = slot_v[slot, 1]
                 stacked = slot_v[slot, 2]
                 for j in range(k):
                     x[j] = slot_v[slot, 3 + j]
                     pm[j] = slot_v[slot, 3 + k + j]
                 if mix:
-                    _mixture_update(log_mix[state], stacked, pm, y)
-                p = fast.sigmoid(_newton_decision(theta[state], x, offset))
-                _newton_step(theta[state], curvature[state], x, y, p, prior, precision, keep, hessian, low, grad,
-                             tmp, step)
+                    _mixture_update(log_mix_s, stacked, pm, y)
+                    if mixed == state:
+                        mixed = -1
+                p = fast.sigmoid(_inline_newton_decision(theta_s, x, offset))
+                _inline_newton_step(theta_s, curvature_s, x, y, p, prior, precision, keep, hessian, low, grad, tmp,
+                                    step)
                 n_updates[state] += 1
             bri[1] = 1
             bri[2] = o_ts[o]
             br[0] += 1.0 if adverse else 0.0
             br[1] += 1.0
             bri[0] += 1
+            offset_known = False
+    scratch[0] = 0.0  # (the last use of scratch: alive until here)
 
 
 @fast.kernel

@@ -52,7 +52,7 @@ from sigkit_cross_asset.leadlag import (
     LeadLagEstimate, LeadLagGrid, cauchy_schwarz_bound, estimate_lead_lag, hy_covariance_on_grid, hy_shifted_covariance,
     hy_shifted_covariance_brute, lead_lag_ratio, leader_step_mean, move_bps, shift_grid, squash_features,
 )
-from sigkit_cross_asset.leadlag import _ratio_of_squares
+from sigkit_cross_asset.leadlag import _ratio_numbers
 from sigkit_cross_asset.window import estimate_due, mid_at, record_tick
 
 __all__ = [
@@ -225,7 +225,9 @@ class CrossAsset(sigkit.LearnedState):
         until the curve changes)."""
         key = self.rho.tobytes()
         if self._ratio_of is None or self._ratio_of[0] != key:
-            self._ratio_of = (key, _ratio_of_squares(self._grid.shifts_tuple, self.rho.tolist()))
+            # The compiled _ratio_of_squares (C pow squares, left-to-right sums), on the grid's prepared pairs.
+            g = self._grid
+            self._ratio_of = (key, float(_ratio_numbers(self.rho, g.lead_idx, g.lag_idx)))
         return self._ratio_of[1]
 
     @property
@@ -236,16 +238,17 @@ class CrossAsset(sigkit.LearnedState):
 
     def describe(self) -> dict:
         """The latest lead-lag estimate and the fitted weights (recorded in the report)."""
-        e = self.estimate
         out = {"leader": str(self.leader), "n_estimates": self.n_estimates, "estimate_in_use": self.estimate_in_use,
                "leader_step_bps": self.leader_step_bps, "weights": list(self.model.weights),
                "n_updates": self.model.n_updates}
-        if e is not None:
-            out.update(lag=sigkit.format_duration(e.lag_ns) if e.lag_ns >= 0 else "-" + sigkit.format_duration(-e.lag_ns),
-                       lag_ns=e.lag_ns, correlation=e.correlation, correlation_at_zero=e.correlation_at_zero,
-                       lead_lag_ratio=e.lead_lag_ratio, z_score=e.z_score, n_leader_changes=e.n_leader,
-                       n_target_changes=e.n_follower, estimated_at_ns=e.ts_ns,
-                       curve={"shifts_ns": list(e.shifts_ns), "correlation": list(e.rho)})
+        w, e = self.wstate, self.west
+        if w[_window.HAS_ESTIMATE]:  # the fields of self.estimate, read from the arrays without building it
+            lag_ns = int(w[_window.LAG])
+            out.update(lag=sigkit.format_duration(lag_ns) if lag_ns >= 0 else "-" + sigkit.format_duration(-lag_ns),
+                       lag_ns=lag_ns, correlation=float(e[_window.CORR]), correlation_at_zero=float(e[_window.CORR_ZERO]),
+                       lead_lag_ratio=self._ratio(), z_score=float(e[_window.Z]), n_leader_changes=int(w[_window.N_LEADER]),
+                       n_target_changes=int(w[_window.N_FOLLOWER]), estimated_at_ns=int(w[_window.TS]),
+                       curve={"shifts_ns": list(self._grid.shifts_tuple), "correlation": self.rho.tolist()})
         return out
 
     # -- market events -------------------------------------------------------------------------------
@@ -356,7 +359,14 @@ class CrossAsset(sigkit.LearnedState):
         k = _kernel
         leader = batch.markets.code(self.leader.venue, self.leader.symbol)
         target = batch.markets.code(self.target.venue, self.target.symbol)
-        self._make_room(*k.count_books(batch.kind, batch.market, leader, target))
+        w = self.wstate
+        if max(int(w[_window.N]), int(w[_window.ROW + _window.N])) + len(batch.op) >= self.tick_ts.shape[1]:
+            # Room for a change at every step might be missing: count the book updates of the two markets
+            # among the batch's steps (an empty batch, the engine's warm-up, counts too, so the counter is
+            # loaded before the replay).  The room the stores have is not state: state_dict() cuts them.
+            self._make_room(*k.count_batch_books(batch.op, batch.ref, batch.kind, batch.market, leader, target))
+        if not len(batch.op):  # (the warm-up: load describe()'s compiled lead/lag ratio too)
+            self._ratio()
         model, rate, cost = self.model, self.base_rate, self.cost
         fstate = np.array([self.leader_step_bps, self.move_sq_bps2, self.mean_size, model.intercept, rate._adverse,
                            rate._total, cost._sum[0], cost._sum[1]], dtype=float)

@@ -41,14 +41,32 @@ N_ISTATE = 8
 
 
 @fast.kernel
-def count_books(kind, market, leader, target):
-    """How many book updates of the leader and of the target a batch holds (the room the tick stores need)."""
+def count_batch_books(op, ref, kind, market, leader, target):
+    """How many book updates of the leader and of the target the batch's event steps deliver (the room the
+    tick stores need for this call: a batch cut from a piece shares the piece's events, most not its own)."""
     n_leader = n_target = 0
-    for r in range(kind.size):
-        book = kind[r] == BOOK
-        n_leader += book & (market[r] == leader)
-        n_target += book & (market[r] == target)
+    for i in range(op.size):
+        if op[i] == EVENT:
+            r = ref[i]
+            book = kind[r] == BOOK
+            n_leader += book & (market[r] == leader)
+            n_target += book & (market[r] == target)
     return n_leader, n_target
+
+
+@fast.kernel
+def _find_right(ts, row, t, k, lo, hi):
+    """``bisect_right(ts[row], t, lo, hi)`` (the rows are sorted), walking from ``k``, the answer for a nearby
+    ``t``: :func:`~sigkit_cross_asset.window.mid_at`'s search without a view of the row."""
+    if k > hi:
+        k = hi
+    if k < lo:  # (last: an empty range answers lo, as bisect does)
+        k = lo
+    while k < hi and ts[row, k] <= t:
+        k += 1
+    while k > lo and ts[row, k - 1] > t:
+        k -= 1
+    return k
 
 
 @fast.kernel
@@ -60,6 +78,8 @@ def cross_asset_kernel(op, ref, kind, market, ts, bid_px, ask_px, q_ts, q_side, 
     min_z, lr, l2, intercept_lr, evidence = fparams[0], fparams[1], fparams[2], fparams[3], fparams[4]
     nf = weights.size
     x = np.zeros(nf)
+    # The search for the mids in force at ``t - lag`` walks from the last answer (fills come in time order).
+    hint0 = hint1 = 0
     for i in range(op.size):
         s = op[i]
         if s == EVENT:
@@ -95,13 +115,14 @@ def cross_asset_kernel(op, ref, kind, market, ts, bid_px, ask_px, q_ts, q_side, 
                     and fstate[F_STEP] > 0):
                 then = q_ts[q] - lag
                 a = -q_side[q]
-                ln, tn = wstate[window.N], wstate[window.ROW + window.N]
-                leader_move = move_bps(tick_mid[0, ln - 1],
-                                       mid_at(tick_ts[0], tick_mid[0], wstate[window.START], ln, then))
+                ln = wstate[window.N]
+                hint0 = _find_right(tick_ts, 0, then, hint0, wstate[window.START], ln)
+                leader_move = move_bps(tick_mid[0, ln - 1], tick_mid[0, max(hint0 - 1, wstate[window.START])])
                 target_move = 0.0
                 if nf > 2:
-                    target_move = move_bps(tick_mid[1, tn - 1], mid_at(tick_ts[1], tick_mid[1],
-                                                                       wstate[window.ROW + window.START], tn, then))
+                    tn, ts0 = wstate[window.ROW + window.N], wstate[window.ROW + window.START]
+                    hint1 = _find_right(tick_ts, 1, then, hint1, ts0, tn)
+                    target_move = move_bps(tick_mid[1, tn - 1], tick_mid[1, max(hint1 - 1, ts0)])
                 n_moves, fstate[F_MOVE_SQ], fstate[F_MEAN_SIZE] = squash_features(
                     leader_move, target_move, a, istate[I_MOVES], fstate[F_MOVE_SQ], fstate[F_MEAN_SIZE], x)
                 istate[I_MOVES] = n_moves

@@ -159,31 +159,109 @@ def _pair(sign, dx, i, j, tx, ty, ly, acc, first, step, n_shifts):
         acc[3, k_hi + 1] += sign * square
 
 
+_SAFE_NS = 2 ** 61  # times and shifts below this in size: no sum or difference of three of them overflows
+
+
 @fast.kernel
-def _pairs_by_leader(sign, i_lo, i_hi, j_lo, j_hi, ts, logs, acc, first, last, step, n_shifts):
+def _walk_right(a, x, k, lo, hi):
+    """``bisect_right(a, x, lo, hi)`` for a sorted ``a``, walking from ``k`` (the answer for a nearby ``x``):
+    cheap for a run of increasing values."""
+    if k > hi:
+        k = hi
+    if k < lo:  # (last: an empty range answers lo, as bisect does)
+        k = lo
+    while k < hi and a[k] <= x:
+        k += 1
+    while k > lo and a[k - 1] > x:
+        k -= 1
+    return k
+
+
+@fast.kernel
+def _walk_left(a, x, k, lo, hi):
+    """``bisect_left(a, x, lo, hi)`` for a sorted ``a``, walking from ``k``."""
+    if k > hi:
+        k = hi
+    if k < lo:  # (last: an empty range answers lo, as bisect does)
+        k = lo
+    while k < hi and a[k] < x:
+        k += 1
+    while k > lo and a[k - 1] >= x:
+        k -= 1
+    return k
+
+
+@fast.kernel
+def _pairs_by_leader(sign, i_lo, i_hi, j_lo, j_hi, ts, logs, acc, first, last, step, n_shifts, qy, ry):
     """The pairs of leader intervals ``i`` in ``[i_lo, i_hi)`` and follower intervals ``j`` in ``[j_lo, j_hi)``
-    (``(s_{j-1}, s_j]``), in order of ``i`` then ``j``."""
-    if j_lo >= j_hi:
+    (``(s_{j-1}, s_j]``), in order of ``i`` then ``j``.
+
+    The run of ``j`` of each ``i`` is found by walking from the previous one's (the times are sorted: the
+    bisections' answers).  The grid indices are :func:`_pair`'s floor divisions, exactly: with
+    ``a = q_a·δ + r_a`` and ``b = q_b·δ + r_b`` (``0 <= r < δ``), ``(a - b) // δ = q_a - q_b - [r_a < r_b]``, so
+    one division per follower time (``qy``/``ry``, scratch as long as the row, filled here for the times the
+    pairs read) and two per leader interval stand for two per pair, while the times and the first shift are
+    below ``2**61`` in size (no difference overflows; beyond, :func:`_pair`'s own divisions)."""
+    if j_lo >= j_hi or i_lo >= i_hi:
         return
     tx, ty, lx, ly = ts[0], ts[1], logs[0], logs[1]
+    lo = bisect_right(ty, tx[i_lo] + first, j_lo, j_hi)
+    hi = bisect_left(ty, tx[i_lo + 1] + last, j_lo - 1, j_hi)
+    # The follower times any pair reads: [lo - 1, end] (the runs only move up with i).
+    end = min(bisect_left(ty, tx[i_hi] + last, j_lo - 1, j_hi), j_hi - 1)
+    safe = -_SAFE_NS < first < _SAFE_NS
+    for j in range(lo - 1, end + 1):
+        v = ty[j]
+        safe = safe and -_SAFE_NS < v < _SAFE_NS
+        q = v // step
+        qy[j] = q
+        ry[j] = v - q * step
     for i in range(i_lo, i_hi):
-        lo = bisect_right(ty, tx[i] + first, j_lo, j_hi)
-        hi = min(bisect_left(ty, tx[i + 1] + last, j_lo - 1, j_hi), j_hi - 1)
+        lo = _walk_right(ty, tx[i] + first, lo, j_lo, j_hi)
+        hi = _walk_left(ty, tx[i + 1] + last, hi, j_lo - 1, j_hi)
+        top = min(hi, j_hi - 1)
+        if lo > top:
+            continue
         dx = lx[i + 1] - lx[i]
-        for j in range(lo, hi + 1):
-            _pair(sign, dx, i, j, tx, ty, ly, acc, first, step, n_shifts)
+        if not (safe and -_SAFE_NS < tx[i] < _SAFE_NS and -_SAFE_NS < tx[i + 1] < _SAFE_NS):
+            for j in range(lo, top + 1):
+                _pair(sign, dx, i, j, tx, ty, ly, acc, first, step, n_shifts)
+            continue
+        b = tx[i + 1] + first  # k_lo = (s_{j-1} - b) // δ + 1
+        qb = b // step
+        rb = b - qb * step
+        c = tx[i] + first  # k_hi = -((c - s_j) // δ) - 1
+        qc = c // step
+        rc = c - qc * step
+        for j in range(lo, top + 1):
+            k_lo = qy[j - 1] - qb - np.int64(ry[j - 1] < rb) + 1
+            if k_lo < 0:
+                k_lo = 0
+            k_hi = qy[j] - qc + np.int64(rc < ry[j]) - 1
+            if k_hi > n_shifts - 1:
+                k_hi = n_shifts - 1
+            if k_lo <= k_hi:
+                product = dx * (ly[j] - ly[j - 1])
+                square = product * product
+                acc[0, k_lo] += sign * product
+                acc[1, k_hi + 1] += sign * product
+                acc[2, k_lo] += sign * square
+                acc[3, k_hi + 1] += sign * square
 
 
 @fast.kernel
 def _pairs_by_follower(sign, i_lo, i_hi, j_lo, j_hi, ts, logs, acc, first, last, step, n_shifts):
-    """The same pairs in order of ``j`` then ``i`` (for a few follower intervals against many leader ones)."""
-    if i_lo >= i_hi:
+    """The same pairs in order of ``j`` then ``i`` (for a few follower intervals against many leader ones);
+    the run of ``i`` of each ``j`` found by walking from the previous one's."""
+    if i_lo >= i_hi or j_lo >= j_hi:
         return
     tx, ty, lx, ly = ts[0], ts[1], logs[0], logs[1]
+    a = bisect_right(tx, ty[j_lo - 1] - last, i_lo, i_hi + 1)
+    b = bisect_left(tx, ty[j_lo] - first, i_lo, i_hi + 1)
     for j in range(j_lo, j_hi):
-        a = max(bisect_right(tx, ty[j - 1] - last, i_lo, i_hi + 1) - 1, i_lo)
-        b = min(bisect_left(tx, ty[j] - first, i_lo, i_hi + 1) - 1, i_hi - 1)
-        for i in range(a, b + 1):
+        a = _walk_right(tx, ty[j - 1] - last, a, i_lo, i_hi + 1)
+        b = _walk_left(tx, ty[j] - first, b, i_lo, i_hi + 1)
+        for i in range(max(a - 1, i_lo), min(b - 1, i_hi - 1) + 1):
             _pair(sign, lx[i + 1] - lx[i], i, j, tx, ty, ly, acc, first, step, n_shifts)
 
 
@@ -222,19 +300,20 @@ def update_sums(ts, mid, logs, wstate, acc, kx, ky, first, step, n_shifts, rebui
             logs[r, k] = math.log(mid[r, k])
         wstate[base + LOGGED] = n
     last = first + (n_shifts - 1) * step
+    qy, ry = np.empty(n1, dtype=np.int64), np.empty(n1, dtype=np.int64)  # scratch of _pairs_by_leader
     x0, x1, y0, y1 = wstate[WIN_START], wstate[WIN_END], wstate[ROW + WIN_START], wstate[ROW + WIN_END]
     rebuild = (wstate[VALID] == 0 or wstate[SINCE_REBUILD] + 1 >= rebuild_every or kx < x0 or ky < y0
                or n0 < x1 or n1 < y1 or kx >= x1 - 1 or ky + 1 >= y1)
     if rebuild:
         acc[:, :] = 0.0
-        _pairs_by_leader(1.0, kx, n0 - 1, ky + 1, n1, ts, logs, acc, first, last, step, n_shifts)
+        _pairs_by_leader(1.0, kx, n0 - 1, ky + 1, n1, ts, logs, acc, first, last, step, n_shifts, qy, ry)
         wstate[SINCE_REBUILD] = 0
     else:
         # Leaving: leader intervals [x0, kx) with the old follower ones, then the leader intervals that stay,
         # [kx, x1 - 1), with the follower ones that leave, [y0 + 1, ky + 1).  Entering: likewise.
-        _pairs_by_leader(-1.0, x0, kx, y0 + 1, y1, ts, logs, acc, first, last, step, n_shifts)
+        _pairs_by_leader(-1.0, x0, kx, y0 + 1, y1, ts, logs, acc, first, last, step, n_shifts, qy, ry)
         _pairs_by_follower(-1.0, kx, x1 - 1, y0 + 1, ky + 1, ts, logs, acc, first, last, step, n_shifts)
-        _pairs_by_leader(1.0, x1 - 1, n0 - 1, ky + 1, n1, ts, logs, acc, first, last, step, n_shifts)
+        _pairs_by_leader(1.0, x1 - 1, n0 - 1, ky + 1, n1, ts, logs, acc, first, last, step, n_shifts, qy, ry)
         _pairs_by_follower(1.0, kx, x1 - 1, y1, n1, ts, logs, acc, first, last, step, n_shifts)
         wstate[SINCE_REBUILD] += 1
     wstate[WIN_START], wstate[WIN_END], wstate[ROW + WIN_START], wstate[ROW + WIN_END] = kx, n0, ky, n1
@@ -268,12 +347,18 @@ def reestimate(now, ts, mid, logs, wstate, west, rho, acc, first, step, n_shifts
         wstate[VALID] = 0
         return False
     update_sums(ts, mid, logs, wstate, acc, kx, ky, first, step, n_shifts, rebuild_every)
-    sx = 0.0
-    for k in range(kx, n0 - 1):
+    # Σ ΔX² and Σ ΔY², each summed in order, side by side (two independent chains of additions).
+    sx = sy = 0.0
+    both = max(min(n0 - 1 - kx, n1 - 1 - ky), 0)
+    for k in range(both):
+        d = logs[0, kx + k + 1] - logs[0, kx + k]
+        e = logs[1, ky + k + 1] - logs[1, ky + k]
+        sx += d * d
+        sy += e * e
+    for k in range(kx + both, n0 - 1):
         d = logs[0, k + 1] - logs[0, k]
         sx += d * d
-    sy = 0.0
-    for k in range(ky, n1 - 1):
+    for k in range(ky + both, n1 - 1):
         d = logs[1, k + 1] - logs[1, k]
         sy += d * d
     norm = math.sqrt(sx * sy)

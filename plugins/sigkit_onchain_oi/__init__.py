@@ -91,7 +91,17 @@ def ew_decayed(total: float, lam_per_ns: float, last_ts: int, ts_ns: int) -> flo
 
 def ew_value(lam_per_s: float, lam_per_ns: float, total: float, last_ts: int, ts_ns: int) -> float:
     """The rate per second of an exponentially weighted total last moved at ``last_ts``, read at ``ts_ns``."""
-    return lam_per_s * total * math.exp(-lam_per_ns * max(ts_ns - last_ts, 0))
+    return ew_scaled(lam_per_s, total, ew_decay(lam_per_ns, last_ts, ts_ns))
+
+
+def ew_decay(lam_per_ns: float, last_ts: int, ts_ns: int) -> float:
+    """The decay factor of :func:`ew_value` (one for every total of the same rate and last time)."""
+    return math.exp(-lam_per_ns * max(ts_ns - last_ts, 0))
+
+
+def ew_scaled(lam_per_s: float, total: float, decay: float) -> float:
+    """:func:`ew_value` from its decay factor."""
+    return lam_per_s * total * decay
 
 
 def oi_change_bps(oi: float, last_oi: float) -> float:
@@ -106,11 +116,14 @@ def concentration_share(added, at, first: int, count: int, price: float, band_bp
     band = band_bps * 1e-4 * price
     total = 0.0
     near = 0.0
+    j = first % cap  # then first + 1, ... wrapping to 0 at the end (no division per entry)
     for k in range(count):
-        j = (first + k) % cap
         total += added[j]
         if abs(at[j] - price) <= band:
             near += added[j]
+        j += 1
+        if j == cap:
+            j = 0
     return near / total
 
 
@@ -294,7 +307,7 @@ class OnchainOI(sigkit.LearnedState):
     """Open interest, funding and liquidations of the target market, learned online (see the module doc)."""
 
     STATE_VERSION = 3  # 1: no batch-path memory of pending fills (slots); 2: additions not yet in _additions
-    STATE_EXCLUDE = ("params", "target", "_ring")
+    STATE_EXCLUDE = ("params", "target", "_ring", "_lams")
 
     def __init__(self, params: OnchainOIParams, context: sigkit.RunContext):
         self.params = params
@@ -309,6 +322,7 @@ class OnchainOI(sigkit.LearnedState):
         # them in its arrays between pieces (``_ring``); ``additions`` reads them back when asked.
         self._additions: deque[tuple[int, float, float]] = deque()
         self._ring: tuple | None = None
+        self._lams = None  # the batch path's arrays of the rates' decay constants (on_batch)
         self._concentration_key = None
         self._concentration = 0.0
         h = params.liquidation_halflife_ns
@@ -471,7 +485,7 @@ class OnchainOI(sigkit.LearnedState):
         return super().state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self._ring = None
+        self._ring = self._lams = None
         super().load_state_dict(state)
 
     # The batch path ------------------------------------------------------------------------------------
@@ -486,8 +500,9 @@ class OnchainOI(sigkit.LearnedState):
         rates = [*self.oi_rates, self.liq_count, self.liq_size, self.liq_signed_count, self.liq_signed_size]
         ew_total = np.array([r.total for r in rates])
         ew_last = np.array([NO_TS if r.last_ts is None else r.last_ts for r in rates], dtype=np.int64)
-        ew_lam_ns = np.array([r.lam_per_ns for r in rates])
-        ew_lam_s = np.array([r.lam_per_s for r in rates])
+        if self._lams is None:  # the rates' decay constants: set by the configuration (and a restored state)
+            self._lams = (np.array([r.lam_per_ns for r in rates]), np.array([r.lam_per_s for r in rates]))
+        ew_lam_ns, ew_lam_s = self._lams
         model, rate, cost, scaler = self.model, self.base_rate, self.cost, self.scaler
         key = self._concentration_key
         fstate = np.array([self.funding, _nan_if_none(self.last_oi), _nan_if_none(self.mid), _nan_if_none(self.mark),
@@ -502,11 +517,11 @@ class OnchainOI(sigkit.LearnedState):
         # The additions as a ring: room for every one held now and one per statistic of the target in the
         # piece (each adds at most one), so the kernel never runs out; if it did, it would stop before the
         # step that needs room, and the ring grows and the kernel goes on from that step.
-        n_stats = int(np.count_nonzero((batch.kind == STAT) & (batch.market == target)))
         if self._ring is not None:  # the arrays of the last piece, as it left them
             ring_ts, ring_added, ring_at, istate[3], istate[4] = self._ring
             capacity = len(ring_ts)
         else:
+            n_stats = int(np.count_nonzero((batch.kind == STAT) & (batch.market == target)))
             additions = self._additions
             capacity = _ring_capacity(len(additions), n_stats)
             ring_ts = np.zeros(capacity, dtype=np.int64)
@@ -578,6 +593,8 @@ def _ring_capacity(held: int, n_stats: int) -> int:
 
 
 _ew_decayed = fast.twin(ew_decayed)
+_ew_decay = fast.twin(ew_decay)
+_ew_scaled = fast.twin(ew_scaled)
 _ew_value = fast.twin(ew_value)
 _oi_change_bps = fast.twin(oi_change_bps)
 _concentration_share = fast.twin(concentration_share)
@@ -589,7 +606,12 @@ _reliability_step = fast.twin(reliability_step)
 _average_step = fast.twin(average_step)
 
 
-@fast.kernel
+# The kernel inlines its helpers and works on borrowed arrays (sigkit.fast.inline / borrowed: views and calls
+# without reference counting).
+_inline, _borrowed = fast.inline, fast.borrowed
+
+
+@_inline
 def _ew_add(ew_total, ew_last, k, value, ts, ew_lam_ns):
     """EWRate.add on rate ``k``."""
     last = ew_last[k]
@@ -600,7 +622,7 @@ def _ew_add(ew_total, ew_last, k, value, ts, ew_lam_ns):
     ew_total[k] += value
 
 
-@fast.kernel
+@_inline
 def _ew_read(ew_total, ew_last, k, ts, ew_lam_ns, ew_lam_s):
     """EWRate.value_at on rate ``k``."""
     if ew_last[k] == NO_TS:
@@ -623,11 +645,19 @@ def _onchain_oi_kernel(start, op, ref, kind, market, ts, bid_px, ask_px, open_in
     statistic, last liquidation time, its side, ring head, ring count, concentration key set, its count and
     last time, standardiser count, fit updates, base-rate outcomes and last time, cost counts (good, bad).
     ``ew_*``: the OI change rates, then liquidation count, size, signed count and signed size."""
+    fstate, istate, ew_total, ew_last = _borrowed(fstate), _borrowed(istate), _borrowed(ew_total), _borrowed(ew_last)
+    ew_lam_ns, ew_lam_s, mean, var = _borrowed(ew_lam_ns), _borrowed(ew_lam_s), _borrowed(mean), _borrowed(var)
+    weights, averaged = _borrowed(weights), _borrowed(averaged)
+    ring_added, ring_at = _borrowed(ring_added), _borrowed(ring_at)
     n = mean.size
-    x = np.empty(n)
-    z = np.empty(n)
-    oi_rates = np.empty(n_oi)
+    scratch = np.zeros(2 * n + n_oi)  # views of it, borrowed; used at the end to keep it alive
+    x = _borrowed(scratch[0:n])
+    z = _borrowed(scratch[n:2 * n])
+    oi_rates = _borrowed(scratch[2 * n:2 * n + n_oi])
     cap = ring_ts.size
+    # The logit of the base rate, valid until the next outcome moves it.
+    offset_known = False
+    base_offset = 0.0
     for i in range(start, op.size):
         step = op[i]
         if step == EVENT:
@@ -708,13 +738,31 @@ def _onchain_oi_kernel(start, op, ref, kind, market, ts, bid_px, ask_px, open_in
                 c = fstate[4]
             recency = 0.0 if istate[1] == NO_TS else _liquidation_recency(t, istate[1], liq_halflife_ns)
             a = -np.int64(q_side[q])
-            _fill_features(x, a, fstate[0], oi_rates, c, _ew_read(ew_total, ew_last, n_oi, t, ew_lam_ns, ew_lam_s),
-                           _ew_read(ew_total, ew_last, n_oi + 1, t, ew_lam_ns, ew_lam_s),
-                           _ew_read(ew_total, ew_last, n_oi + 2, t, ew_lam_ns, ew_lam_s),
-                           _ew_read(ew_total, ew_last, n_oi + 3, t, ew_lam_ns, ew_lam_s), recency, istate[2])
+            # The four liquidation rates share a half-life and (added together) their last time: when they
+            # do, one decay factor serves all four, the one each read would compute.
+            liq_last = ew_last[n_oi]
+            liq_lam = ew_lam_ns[n_oi]
+            if (liq_last != NO_TS and ew_last[n_oi + 1] == liq_last and ew_last[n_oi + 2] == liq_last
+                    and ew_last[n_oi + 3] == liq_last and ew_lam_ns[n_oi + 1] == liq_lam
+                    and ew_lam_ns[n_oi + 2] == liq_lam and ew_lam_ns[n_oi + 3] == liq_lam):
+                decay = _ew_decay(liq_lam, liq_last, t)
+                count_rate = _ew_scaled(ew_lam_s[n_oi], ew_total[n_oi], decay)
+                size_rate = _ew_scaled(ew_lam_s[n_oi + 1], ew_total[n_oi + 1], decay)
+                signed_count_rate = _ew_scaled(ew_lam_s[n_oi + 2], ew_total[n_oi + 2], decay)
+                signed_size_rate = _ew_scaled(ew_lam_s[n_oi + 3], ew_total[n_oi + 3], decay)
+            else:
+                count_rate = _ew_read(ew_total, ew_last, n_oi, t, ew_lam_ns, ew_lam_s)
+                size_rate = _ew_read(ew_total, ew_last, n_oi + 1, t, ew_lam_ns, ew_lam_s)
+                signed_count_rate = _ew_read(ew_total, ew_last, n_oi + 2, t, ew_lam_ns, ew_lam_s)
+                signed_size_rate = _ew_read(ew_total, ew_last, n_oi + 3, t, ew_lam_ns, ew_lam_s)
+            _fill_features(x, a, fstate[0], oi_rates, c, count_rate, size_rate, signed_count_rate, signed_size_rate,
+                           recency, istate[2])
             istate[8] += 1
             _standardise(x, z, mean, var, istate[8], standardise_window, clip)
-            offset = fast.logit(fast.base_rate_value(fstate[9], fstate[10], prior_adverse, prior_total))
+            if not offset_known:
+                base_offset = fast.logit(fast.base_rate_value(fstate[9], fstate[10], prior_adverse, prior_total))
+                offset_known = True
+            offset = base_offset
             s = _score_of(averaged if average_window else weights, z)
             slot = fast.slot_put(slot_owner, q_fill[q])
             for j in range(n):
@@ -747,12 +795,14 @@ def _onchain_oi_kernel(start, op, ref, kind, market, ts, bid_px, ask_px, open_in
             istate[11] = o_ts[o]
             fstate[9] += y
             fstate[10] += 1.0
+            offset_known = False
             istate[10] += 1
             realized = o_realized[o]
             if realized == realized:
                 good_bad = 1 if y == 1.0 else 0
                 fstate[11 + good_bad] += realized
                 istate[12 + good_bad] += 1
+    scratch[0] = 0.0  # (the last use of scratch: alive until here)
     return -1
 
 

@@ -55,6 +55,14 @@ from sigkit_prefill_toxicity.features import (
     scaler_update,
 )
 
+# on_batch unpacks the kernel's state arrays in their layout's order.
+assert (_k.F_BUY, _k.F_SELL, _k.F_SUM_SIGNED, _k.F_SUM_ABS, _k.F_RHO, _k.F_RHO_WEIGHT, _k.F_RHO_SUM, _k.F_S_SUM,
+        _k.F_S_WEIGHT, _k.F_FLOW, _k.F_MID, _k.F_MID_OPEN, _k.F_SW, _k.F_SQ, _k.F_SM, _k.F_SQQ, _k.F_SQM,
+        _k.F_FLOW_SUM, _k.F_FLOW_WEIGHT, _k.F_SHORT, _k.F_LONG, _k.F_INTERCEPT, _k.F_TRUST_INTERCEPT, _k.F_ADVERSE,
+        _k.F_TOTAL, _k.F_COST_GOOD, _k.F_COST_BAD) == tuple(range(_k.N_FS))
+assert (_k.I_COUNT, _k.I_HEAD, _k.I_PREVIOUS, _k.I_SIGN_TS, _k.I_END, _k.I_INT_TS, _k.I_SCALER_N, _k.I_MODEL_N,
+        _k.I_TRUST_N, _k.I_RATE_N, _k.I_RATE_TS, _k.I_COST_GOOD, _k.I_COST_BAD) == tuple(range(_k.N_IST))
+
 #: Every feature the model can use, in the order of the vector it fits.
 FEATURES = ("imbalance", "vpin", "vpin_x_imbalance", "sign_surprise", "kyle_lambda", "kyle_impact", "intensity")
 
@@ -232,25 +240,19 @@ class PreFillToxicity(sigkit.LearnedState):
                           batch.markets.code(self.target.venue, self.target.symbol), ky.interval_ns,
                           FLOW_MEASURES.index(ky.flow_measure), fp, fs, ist, ring, np.array(self.use, dtype=np.int64),
                           mean, var, weights, trust_w, self.slots.values, self.slots.owner, out)
-        f = fs.tolist()
-        b.buy, b.sell, b._sum_signed, b._sum_abs = f[_k.F_BUY], f[_k.F_SELL], f[_k.F_SUM_SIGNED], f[_k.F_SUM_ABS]
-        count, head, nb = int(ist[_k.I_COUNT]), int(ist[_k.I_HEAD]), b.n_buckets
-        b.completed = [float(ring[(head + j) % nb]) for j in range(count)]
-        s.rho, s._rho_weight, s._rho_sum = f[_k.F_RHO], f[_k.F_RHO_WEIGHT], f[_k.F_RHO_SUM]
-        s._sum, s._weight = f[_k.F_S_SUM], f[_k.F_S_WEIGHT]
-        s.previous, s._ts = int(ist[_k.I_PREVIOUS]), _none(ist[_k.I_SIGN_TS])
-        ky.flow, ky.mid, ky.mid_open = f[_k.F_FLOW], f[_k.F_MID], f[_k.F_MID_OPEN]
-        ky.sw, ky.sq, ky.sm, ky.sqq, ky.sqm = f[_k.F_SW], f[_k.F_SQ], f[_k.F_SM], f[_k.F_SQQ], f[_k.F_SQM]
-        ky.flow_sum, ky.flow_weight, ky.end_ns = f[_k.F_FLOW_SUM], f[_k.F_FLOW_WEIGHT], _none(ist[_k.I_END])
-        ti.short, ti.long, ti._ts = f[_k.F_SHORT], f[_k.F_LONG], _none(ist[_k.I_INT_TS])
-        sc.n, sc.mean, sc.var = int(ist[_k.I_SCALER_N]), mean.tolist(), var.tolist()
-        model.intercept, model.weights, model.n_updates = f[_k.F_INTERCEPT], weights.tolist(), int(ist[_k.I_MODEL_N])
-        trust.intercept, trust.weights = f[_k.F_TRUST_INTERCEPT], trust_w.tolist()
-        trust.n_updates = int(ist[_k.I_TRUST_N])
-        rate._adverse, rate._total = f[_k.F_ADVERSE], f[_k.F_TOTAL]
-        rate.n, rate._last_ts = int(ist[_k.I_RATE_N]), _none(ist[_k.I_RATE_TS])
-        cost._sum = [f[_k.F_COST_GOOD], f[_k.F_COST_BAD]]
-        cost._n = [int(ist[_k.I_COST_GOOD]), int(ist[_k.I_COST_BAD])]
+        # Unpacked in the layout's order (kernel.F_* and kernel.I_*, checked at import, top of the module).
+        (b.buy, b.sell, b._sum_signed, b._sum_abs, s.rho, s._rho_weight, s._rho_sum, s._sum, s._weight,
+         ky.flow, ky.mid, ky.mid_open, ky.sw, ky.sq, ky.sm, ky.sqq, ky.sqm, ky.flow_sum, ky.flow_weight,
+         ti.short, ti.long, model.intercept, trust.intercept, rate._adverse, rate._total, good, bad) = fs.tolist()
+        cost._sum = [good, bad]
+        (count, head, s.previous, sign_ts, end_ns, int_ts, sc.n, model.n_updates, trust.n_updates, rate.n, rate_ts,
+         n_good, n_bad) = ist.tolist()
+        cost._n = [n_good, n_bad]
+        s._ts, ky.end_ns, ti._ts, rate._last_ts = _none(sign_ts), _none(end_ns), _none(int_ts), _none(rate_ts)
+        held = ring.tolist()  # the ring from its oldest bucket, then its first count
+        b.completed = (held[head:] + held[:head])[:count]
+        sc.mean, sc.var = mean.tolist(), var.tolist()
+        model.weights, trust.weights = weights.tolist(), trust_w.tolist()
         return sigkit.BatchPredictions(out[0], out[1], out[2])
 
     def describe(self) -> dict:
