@@ -210,6 +210,14 @@ def _apply_book(taus, sums, means, levels, touch, fstate, istate, ts, bp, bs, ap
     istate[_N_EVENTS] += 1
 
 
+# The three above inlined into the batch kernel, with the formulas they call (no call per event).
+_inline_formulas = {"_scales_decay": fast.inline(scales_decay), "_scales_add": fast.inline(scales_add),
+                    "_scales_set_level": fast.inline(scales_set_level), "_ofi_event": fast.inline(ofi_event)}
+_inline_advance = fast.inline(_advance.py_func, **_inline_formulas)
+_inline_trade = fast.inline(_apply_trade.py_func, _advance=_inline_advance, **_inline_formulas)
+_inline_book = fast.inline(_apply_book.py_func, _advance=_inline_advance, **_inline_formulas)
+
+
 @fast.kernel
 def _pyramid_rows(op, ref, kind, market, ts, side, size, bid_px, bid_sz, ask_px, ask_sz, q_ts, code, taus,
                   impact_window_ns, sums, means, levels, touch, fstate, istate, rows):
@@ -217,6 +225,11 @@ def _pyramid_rows(op, ref, kind, market, ts, side, size, bid_px, bid_sz, ask_px,
     pyramid decayed to the query's time and written to that query's row."""
     n = taus.size
     keep = np.empty(n)
+    # Borrowed (sigkit.fast.borrowed): the per-step views and calls below then cost no reference counting.
+    b_keep, taus, sums, means, levels = fast.borrowed(keep), fast.borrowed(taus), fast.borrowed(sums), \
+        fast.borrowed(means), fast.borrowed(levels)
+    touch, fstate, istate, rows = fast.borrowed(touch), fast.borrowed(fstate), fast.borrowed(istate), \
+        fast.borrowed(rows)
     for i in range(op.size):
         step = op[i]
         if step == EVENT:
@@ -224,13 +237,13 @@ def _pyramid_rows(op, ref, kind, market, ts, side, size, bid_px, bid_sz, ask_px,
             if market[r] != code:
                 continue
             if kind[r] == TRADE:
-                _apply_trade(taus, sums, means, levels, istate, ts[r], np.int64(side[r]), size[r], keep)
+                _inline_trade(taus, sums, means, levels, istate, ts[r], np.int64(side[r]), size[r], b_keep)
             elif kind[r] == BOOK:
-                _apply_book(taus, sums, means, levels, touch, fstate, istate, ts[r], bid_px[r], bid_sz[r], ask_px[r],
-                            ask_sz[r], impact_window_ns, keep)
+                _inline_book(taus, sums, means, levels, touch, fstate, istate, ts[r], bid_px[r], bid_sz[r], ask_px[r],
+                             ask_sz[r], impact_window_ns, b_keep)
         elif step == QUERY:
             q = ref[i]
-            _advance(taus, sums, means, levels, istate, q_ts[q], keep)
+            _inline_advance(taus, sums, means, levels, istate, q_ts[q], b_keep)
             row = rows[q]
             c = 0
             for j in range(6):
@@ -247,6 +260,7 @@ def _pyramid_rows(op, ref, kind, market, ts, side, size, bid_px, bid_sz, ask_px,
                 row[c + 3 + j] = touch[j]
             row[c + 7] = fstate[0]
             row[c + 8] = 1.0 if istate[_HAS_BOOK] else 0.0
+    keep[0] = 0.0  # (the last use of keep: it lives until here, as its borrowed view needs)
 
 
 # -- specs and states --------------------------------------------------------------------------------
