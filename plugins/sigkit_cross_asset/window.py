@@ -140,23 +140,31 @@ _bisect_left = fast.twin(bisect_left)
 
 # -- the estimator (compiled; both paths call it) ---------------------------------------------------------
 
-@fast.kernel
-def _pair(sign, dx, i, j, tx, ty, ly, acc, first, step, n_shifts):
-    """Add ``sign · ΔX_i ΔY_j`` (and its square) to the bins of the grid shifts where leader interval
-    ``(t_i, t_{i+1}]`` and follower interval ``(s_{j-1}, s_j]`` overlap, if any."""
-    k_lo = (ty[j - 1] - tx[i + 1] - first) // step + 1
+def _add_to_bins(sign, dx, dy, k_lo, k_hi, acc, n_shifts):
+    """Add ``sign · dx dy`` (and its square) to the bins of grid shifts ``k_lo..k_hi`` (cut to the grid), if
+    any: the start of the run in rows 0 and 2, one past its end in rows 1 and 3."""
     if k_lo < 0:
         k_lo = 0
-    k_hi = -((first - (ty[j] - tx[i])) // step) - 1
     if k_hi > n_shifts - 1:
         k_hi = n_shifts - 1
     if k_lo <= k_hi:
-        product = dx * (ly[j] - ly[j - 1])
+        product = dx * dy
         square = product * product
         acc[0, k_lo] += sign * product
         acc[1, k_hi + 1] += sign * product
         acc[2, k_lo] += sign * square
         acc[3, k_hi + 1] += sign * square
+
+
+_add_to_bins_inline = fast.inline(_add_to_bins)
+
+
+@fast.kernel
+def _pair(sign, dx, i, j, tx, ty, ly, acc, first, step, n_shifts):
+    """Add ``sign · ΔX_i ΔY_j`` (and its square) to the bins of the grid shifts where leader interval
+    ``(t_i, t_{i+1}]`` and follower interval ``(s_{j-1}, s_j]`` overlap, if any."""
+    _add_to_bins_inline(sign, dx, ly[j] - ly[j - 1], (ty[j - 1] - tx[i + 1] - first) // step + 1,
+                        -((first - (ty[j] - tx[i])) // step) - 1, acc, n_shifts)
 
 
 _SAFE_NS = 2 ** 61  # times and shifts below this in size: no sum or difference of three of them overflows
@@ -234,19 +242,8 @@ def _pairs_by_leader(sign, i_lo, i_hi, j_lo, j_hi, ts, logs, acc, first, last, s
         qc = c // step
         rc = c - qc * step
         for j in range(lo, top + 1):
-            k_lo = qy[j - 1] - qb - np.int64(ry[j - 1] < rb) + 1
-            if k_lo < 0:
-                k_lo = 0
-            k_hi = qy[j] - qc + np.int64(rc < ry[j]) - 1
-            if k_hi > n_shifts - 1:
-                k_hi = n_shifts - 1
-            if k_lo <= k_hi:
-                product = dx * (ly[j] - ly[j - 1])
-                square = product * product
-                acc[0, k_lo] += sign * product
-                acc[1, k_hi + 1] += sign * product
-                acc[2, k_lo] += sign * square
-                acc[3, k_hi + 1] += sign * square
+            _add_to_bins_inline(sign, dx, ly[j] - ly[j - 1], qy[j - 1] - qb - np.int64(ry[j - 1] < rb) + 1,
+                                qy[j] - qc + np.int64(rc < ry[j]) - 1, acc, n_shifts)
 
 
 @fast.kernel
