@@ -126,7 +126,7 @@ def inline(fn, **calls):
 def borrowed(typingctx, arr):
     """``arr`` without its reference count (a NULL meminfo), so that the views made of it and passing it to
     compiled functions cost no atomic operations.  Only for an array that outlives every use of the result:
-    a kernel's argument (alive for the whole call), or an array the kernel itself still uses at its end."""
+    a kernel's argument, alive for the whole call (pass scratch in as one rather than make it inside)."""
     def codegen(context, builder, signature, args):
         view = context.make_array(arr)(context, builder, value=args[0])
         view.meminfo = cgutils.get_null_value(view.meminfo.type)

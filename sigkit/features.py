@@ -220,12 +220,12 @@ _inline_book = fast.inline(_apply_book.py_func, _advance=_inline_advance, **_inl
 
 @fast.kernel
 def _pyramid_rows(op, ref, kind, market, ts, side, size, bid_px, bid_sz, ask_px, ask_sz, q_ts, code, taus,
-                  impact_window_ns, sums, means, levels, touch, fstate, istate, rows):
+                  impact_window_ns, sums, means, levels, touch, fstate, istate, rows, keep):
     """The pyramid over a batch's schedule: its market's events applied in order, and at each query the
     pyramid decayed to the query's time and written to that query's row."""
     n = taus.size
-    keep = np.empty(n)
-    # Borrowed (sigkit.fast.borrowed): the per-step views and calls below then cost no reference counting.
+    # Borrowed (sigkit.fast.borrowed; arguments, alive for the whole call): the per-step views and calls
+    # below then cost no reference counting.  ``keep`` is scratch of one float per scale.
     b_keep, taus, sums, means, levels = fast.borrowed(keep), fast.borrowed(taus), fast.borrowed(sums), \
         fast.borrowed(means), fast.borrowed(levels)
     touch, fstate, istate, rows = fast.borrowed(touch), fast.borrowed(fstate), fast.borrowed(istate), \
@@ -260,7 +260,6 @@ def _pyramid_rows(op, ref, kind, market, ts, side, size, bid_px, bid_sz, ask_px,
                 row[c + 3 + j] = touch[j]
             row[c + 7] = fstate[0]
             row[c + 8] = 1.0 if istate[_HAS_BOOK] else 0.0
-    keep[0] = 0.0  # (the last use of keep: it lives until here, as its borrowed view needs)
 
 
 # -- specs and states --------------------------------------------------------------------------------
@@ -356,7 +355,7 @@ class PyramidState(LearnedState):
                       batch.column("size"), batch.column("bid_px"), batch.column("bid_sz"), batch.column("ask_px"),
                       batch.column("ask_sz"), batch.q_ts, batch.markets.code(self._venue, self._symbol), self.taus,
                       self.spec.impact_window_ns, self.sums, self.means, self.levels, self.touch, self.fstate,
-                      self.istate, out)
+                      self.istate, out, self._keep)
         return out
 
     def copy(self) -> "PyramidState":

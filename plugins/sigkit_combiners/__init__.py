@@ -285,7 +285,7 @@ class Stacking(_RegimeAware):
             batch.q_ts, batch.q_fill, batch.o_fill, batch.o_ts, batch.o_adverse, mp, mc, mk, target,
             self.tracker is not None, rates, ratio, dims, self.excess, bool(self.params.mix_members),
             float(self.params.evidence), keep, prior, precision, theta, curvature, n_updates, log_mix, br, bri, tf, ti,
-            self.slots.values, self.slots.owner, out)
+            self.slots.values, self.slots.owner, out, kernel.stacking_scratch(mp.shape[0]))
         for s, m in enumerate(models):
             m.theta = theta[s].tolist()
             m.curvature = curvature[s].tolist()

@@ -225,10 +225,25 @@ def _tracker_regime(var, spread, weight, ti, rates, ratio, dims, t):
     return _inline_regime_state(var, spread, weight, rates, ratio, dims, elapsed)
 
 
+def scratch_size(k: int) -> int:
+    """How many floats :func:`stacking_kernel` works in, for ``k`` members."""
+    n = k + 1
+    return 6 * k + 1 + 3 * n + 2 * n * n
+
+
+_scratch_size = fast.twin(scratch_size)
+
+
+def stacking_scratch(k: int) -> np.ndarray:
+    """The scratch array :func:`stacking_kernel` works in (an argument: it lives for the whole call, as the
+    borrowed views the kernel makes of it need)."""
+    return np.zeros(scratch_size(k))
+
+
 @fast.kernel
 def stacking_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_fill, o_ts, o_adverse, mp, mc, mk,
                     target, tracked, rates, ratio, dims, excess, mix, evidence, keep, prior, precision, theta,
-                    curvature, n_updates, log_mix, br, bri, tf, ti, slot_v, slot_owner, out):
+                    curvature, n_updates, log_mix, br, bri, tf, ti, slot_v, slot_owner, out, scratch):
     """Stacking over a batch.  Per regime state: ``theta`` (S, n), ``curvature`` (S, n, n), ``n_updates``
     (S), ``log_mix`` (S, k + 1).  ``br`` = base rate (adverse, total), ``bri`` = its outcomes, has last
     time, last time.  ``tf``/``ti``: the regime tracker (see :func:`_tracker_to`).  A slot holds
@@ -236,8 +251,9 @@ def stacking_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_f
     (n_members, n_queries), as the engine hands them over."""
     k = mp.shape[0]
     n = k + 1
-    # Scratch: views of one array (``scratch``, used at the end to keep it alive), borrowed (_borrowed).
-    scratch = np.zeros(6 * k + 1 + 3 * n + 2 * n * n)
+    # Scratch: borrowed views of one argument (alive for the whole call), :func:`stacking_scratch` long.
+    if scratch.size < _scratch_size(k):
+        raise ValueError("stacking_kernel: scratch too small (see stacking_scratch)")
     x = _borrowed(scratch[0:k])
     pm = _borrowed(scratch[k:2 * k])
     conf = _borrowed(scratch[2 * k:3 * k])
@@ -338,7 +354,6 @@ def stacking_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_f
             br[1] += 1.0
             bri[0] += 1
             offset_known = False
-    scratch[0] = 0.0  # (the last use of scratch: alive until here)
 
 
 @fast.kernel

@@ -535,6 +535,7 @@ class OnchainOI(sigkit.LearnedState):
         columns = (batch.column("bid_px"), batch.column("ask_px"), batch.column("open_interest"),
                    batch.column("funding_rate"), batch.column("mark_price"), batch.column("side"),
                    batch.column("size"))
+        scratch = np.zeros(2 * len(mean) + len(self.oi_rates))  # the kernel's features, scores and OI rates
         start = 0
         while True:
             start = _onchain_oi_kernel(
@@ -545,7 +546,7 @@ class OnchainOI(sigkit.LearnedState):
                 model.learning_rate, model.l2, model.intercept_learning_rate, self._reliability_keep,
                 params.reliability_prior, params.evidence, rate._prior_adverse, rate._prior_total, len(self.oi_rates),
                 fstate, istate, ew_total, ew_last, ew_lam_ns, ew_lam_s, mean, var, weights, averaged,
-                ring_ts, ring_added, ring_at, self.slots.values, self.slots.owner, out)
+                ring_ts, ring_added, ring_at, self.slots.values, self.slots.owner, out, scratch)
             if start < 0:
                 break
             # The ring was full: twice the room, the held additions first, and on from the step that stopped.
@@ -636,7 +637,7 @@ def _onchain_oi_kernel(start, op, ref, kind, market, ts, bid_px, ask_px, open_in
                        band_bps, liq_halflife_ns, standardise_window, clip, average_window, lr, l2, intercept_lr,
                        reliability_keep, reliability_prior, evidence, prior_adverse, prior_total, n_oi, fstate,
                        istate, ew_total, ew_last, ew_lam_ns, ew_lam_s, mean, var, weights, averaged, ring_ts,
-                       ring_added, ring_at, slot_values, slot_owner, out):
+                       ring_added, ring_at, slot_values, slot_owner, out, scratch):
     """OnchainOI over a batch, from schedule step ``start``.  Returns -1 when done, or the step at which it
     stopped, untouched, because the additions ring is full.
 
@@ -650,7 +651,8 @@ def _onchain_oi_kernel(start, op, ref, kind, market, ts, bid_px, ask_px, open_in
     weights, averaged = _borrowed(weights), _borrowed(averaged)
     ring_added, ring_at = _borrowed(ring_added), _borrowed(ring_at)
     n = mean.size
-    scratch = np.zeros(2 * n + n_oi)  # views of it, borrowed; used at the end to keep it alive
+    if scratch.size < 2 * n + n_oi:  # (an argument: alive for the whole call, as its borrowed views need)
+        raise ValueError("_onchain_oi_kernel: scratch too small")
     x = _borrowed(scratch[0:n])
     z = _borrowed(scratch[n:2 * n])
     oi_rates = _borrowed(scratch[2 * n:2 * n + n_oi])
@@ -802,7 +804,6 @@ def _onchain_oi_kernel(start, op, ref, kind, market, ts, bid_px, ask_px, open_in
                 good_bad = 1 if y == 1.0 else 0
                 fstate[11 + good_bad] += realized
                 istate[12 + good_bad] += 1
-    scratch[0] = 0.0  # (the last use of scratch: alive until here)
     return -1
 
 
