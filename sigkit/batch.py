@@ -243,9 +243,9 @@ class BatchPredictions:
 class FillSlots:
     """Per-fill memory for a compiled kernel: what it stored at a fill's query (its features, say), kept
     until that fill's outcome.  ``values[slot]`` rows of ``width`` floats; ``owner[slot]`` is the fill index
-    held there (-1: free).  A fill's slot is ``fill % capacity`` (a power of two); :meth:`ensure` grows the table (keeping
-    every entry) before a batch whose fills would collide with ones still pending, so a kernel never has
-    to check.  Kernels claim and release rows with :func:`slot_put` and :func:`slot_take` (compiled as
+    held there (-1: free).  A fill's slot is ``fill % capacity`` (a power of two); :meth:`ensure` grows the
+    table (keeping every entry) before a batch whose fills would collide with ones still pending, so a
+    kernel never has to check.  Kernels claim and release rows with :func:`slot_put` and :func:`slot_take` (compiled as
     ``sigkit.fast.slot_put`` / ``slot_take``) on ``owner`` and read and write ``values`` themselves.
     """
 

@@ -1236,7 +1236,6 @@ def _release_pages(mapped: np.memmap) -> None:
         handle.madvise(mmap.MADV_DONTNEED)
 
 
-
 def _levels(levels: np.ndarray) -> tuple[tuple[float, float], ...]:
     return tuple((float(px), float(sz)) for px, sz in levels.tolist() if px == px)
 

@@ -226,7 +226,7 @@ def _pyramid_rows(op, ref, kind, market, ts, side, size, bid_px, bid_sz, ask_px,
     n = taus.size
     # Borrowed (sigkit.fast.borrowed; arguments, alive for the whole call): the per-step views and calls
     # below then cost no reference counting.  ``keep`` is scratch of one float per scale.
-    b_keep, taus, sums, means, levels = fast.borrowed(keep), fast.borrowed(taus), fast.borrowed(sums), \
+    keep, taus, sums, means, levels = fast.borrowed(keep), fast.borrowed(taus), fast.borrowed(sums), \
         fast.borrowed(means), fast.borrowed(levels)
     touch, fstate, istate, rows = fast.borrowed(touch), fast.borrowed(fstate), fast.borrowed(istate), \
         fast.borrowed(rows)
@@ -237,13 +237,13 @@ def _pyramid_rows(op, ref, kind, market, ts, side, size, bid_px, bid_sz, ask_px,
             if market[r] != code:
                 continue
             if kind[r] == TRADE:
-                _inline_trade(taus, sums, means, levels, istate, ts[r], np.int64(side[r]), size[r], b_keep)
+                _inline_trade(taus, sums, means, levels, istate, ts[r], np.int64(side[r]), size[r], keep)
             elif kind[r] == BOOK:
                 _inline_book(taus, sums, means, levels, touch, fstate, istate, ts[r], bid_px[r], bid_sz[r], ask_px[r],
-                             ask_sz[r], impact_window_ns, b_keep)
+                             ask_sz[r], impact_window_ns, keep)
         elif step == QUERY:
             q = ref[i]
-            _inline_advance(taus, sums, means, levels, istate, q_ts[q], b_keep)
+            _inline_advance(taus, sums, means, levels, istate, q_ts[q], keep)
             row = rows[q]
             c = 0
             for j in range(6):
