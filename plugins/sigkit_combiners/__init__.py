@@ -147,7 +147,7 @@ class _RegimeAware(sigkit.LearnedState):
     def _state_of(self, outcome) -> int:
         return self.pending_state.pop(outcome.fill, 0)
 
-    # The batch path: the tracker packed into arrays for the kernels and back (kernel._tracker_to).
+    # The batch path: the tracker packed into arrays for the kernels and back (kernel._tracker_book).
     def _tracker_arrays(self, batch):
         t = self.tracker
         if t is None:

@@ -166,12 +166,8 @@ def pool_kernel(logodds, weights, scale, mp, mc, mk, out):
         out[2, q] = _pooled_cost(weights, mk[q])
 
 
-@fast.kernel
-def _tracker_to(tf, ti, rates, t):
-    """RegimeTracker._decay: ``tf`` = var (2), spread (2), weight (2), last mid; ``ti`` = has last time, last
-    time, has first time, first time, has last mid."""
-    _tracker_decay(tf[0:2], tf[2:4], tf[4:6], ti, rates, t)
-
+# The regime tracker in arrays: ``tf`` = var (2), spread (2), weight (2), last mid; ``ti`` = has last time,
+# last time, has first time, first time, has last mid.
 
 @fast.kernel
 def _tracker_book(tf, ti, rates, t, bid_px, ask_px):
@@ -185,12 +181,12 @@ def _tracker_state(tf, ti, rates, ratio, dims, t):
     return _tracker_regime(tf[0:2], tf[2:4], tf[4:6], ti, rates, ratio, dims, t)
 
 
-# The same three on views ``var``, ``spread``, ``weight`` of ``tf`` that a kernel makes once, before its loop
-# (a view made at every step costs reference counting), inlined into the kernels.
+# The same on views ``var``, ``spread``, ``weight`` of ``tf`` that a kernel makes once, before its loop (a
+# view made at every step costs reference counting), inlined into the kernels.
 
 @_inline
 def _tracker_decay(var, spread, weight, ti, rates, t):
-    """:func:`_tracker_to` on the views."""
+    """RegimeTracker._decay on the views."""
     if ti[0] and t > ti[1]:
         _regime_decay(var, spread, weight, rates, t - ti[1])
     if not ti[0] or t > ti[1]:
@@ -246,7 +242,7 @@ def stacking_kernel(op, ref, kind, market, bid_px, ask_px, ts, q_ts, q_fill, o_f
                     curvature, n_updates, log_mix, br, bri, tf, ti, slot_v, slot_owner, out, scratch):
     """Stacking over a batch.  Per regime state: ``theta`` (S, n), ``curvature`` (S, n, n), ``n_updates``
     (S), ``log_mix`` (S, k + 1).  ``br`` = base rate (adverse, total), ``bri`` = its outcomes, has last
-    time, last time.  ``tf``/``ti``: the regime tracker (see :func:`_tracker_to`).  A slot holds
+    time, last time.  ``tf``/``ti``: the regime tracker (see :func:`_tracker_book`).  A slot holds
     state, offset, stacker's p, the inputs (k) and the member probabilities (k).  ``mp``, ``mc``, ``mk`` are
     (n_members, n_queries), as the engine hands them over."""
     k = mp.shape[0]
