@@ -150,18 +150,15 @@ class _RegimeAware(sigkit.LearnedState):
     # The batch path: the tracker packed into arrays for the kernels and back (kernel._tracker_book).
     def _tracker_arrays(self, batch):
         t = self.tracker
+        tf, ti = self._tracker_state_arrays()
         if t is None:
-            return (False, -1, np.zeros(2), 1.0, np.zeros(0, dtype=np.int64), np.zeros(7),
-                    np.zeros(5, dtype=np.int64))
-        tf = np.array([*t._var, *t._spread, *t._weight, 0.0 if t._last_mid is None else t._last_mid])
-        ti = np.array([t._last_ts is not None, t._last_ts or 0, t._first_ts is not None, t._first_ts or 0,
-                       t._last_mid is not None], dtype=np.int64)
+            return False, -1, np.zeros(2), 1.0, np.zeros(0, dtype=np.int64), tf, ti
         dims = np.array([kernel.DIMENSION_CODES[d] for d in t.dimensions], dtype=np.int64)
         return (True, batch.markets.code(t.venue, t.symbol), np.array(t._rates, dtype=np.float64), float(t.ratio),
                 dims, tf, ti)
 
     def _tracker_state_arrays(self):
-        """The tracker's state as :meth:`_tracker_arrays` packs it (``tf``, ``ti``)."""
+        """The tracker's changing state in arrays (``tf``, ``ti``: see kernel._tracker_book)."""
         t = self.tracker
         if t is None:
             return np.zeros(7), np.zeros(5, dtype=np.int64)
